@@ -1,0 +1,68 @@
+"""The one interface the engine uses, whatever model family answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+@dataclass
+class Turn:
+    """One earlier question about the current image and the answer given."""
+
+    question: str
+    answer: str
+
+
+class FamilyAdapter:
+    """Wraps a loaded model and its processor; subclasses are registered by `model_type`.
+
+    `model_types` are the config `model_type`s a family serves, `multi_turn` says whether
+    earlier turns are given to the model, `streams` whether answers come token by token,
+    and `int8_skip_modules` lists modules kept unquantized because bitsandbytes breaks on them.
+    """
+
+    family: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]
+    multi_turn: ClassVar[bool] = True
+    streams: ClassVar[bool] = True
+    shows_attention: ClassVar[bool] = False
+    skip_modules: ClassVar[dict[str, list[str]]] = {}
+    model_class: ClassVar[Any]
+    processor_class: ClassVar[Any]
+
+    def __init__(self, model: torch.nn.Module, processor: Any):
+        self.model = model
+        self.processor = processor
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def max_context_tokens(self) -> int | None:
+        return None
+
+    def inputs(self, image: Image.Image, question: str, history: list[Turn]) -> dict[str, torch.Tensor]:
+        """Model inputs for answering `question` about `image` after `history`."""
+        raise NotImplementedError
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def answer_ids(self, inputs: dict[str, torch.Tensor], output_ids: torch.Tensor) -> torch.Tensor:
+        """The generated answer's token ids out of what `generate` returned, (T,)."""
+        return output_ids[0, inputs["input_ids"].shape[1] :]
+
+    def attention_grid(
+        self, inputs: dict[str, torch.Tensor], answer_ids: torch.Tensor
+    ) -> np.ndarray | None:
+        """(h, w) weights over the image patches that the answer attended to, or None."""
+        return None
