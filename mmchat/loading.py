@@ -18,6 +18,8 @@ from .families import FAMILIES, FamilyAdapter
 
 Quantization = Literal["auto", "nf4", "int8", "none"]
 QUANTIZATIONS = ("auto", "nf4", "int8", "none")
+# The checkpoint that ships with the project; the app and the evaluation CLI default to it.
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "mmchat-shapes"
 DEVICES = ("auto", "cpu", "cuda")
 
 

@@ -57,6 +57,10 @@ class FamilyAdapter:
     def generate_kwargs(self) -> dict[str, Any]:
         return {}
 
+    def answer_batch(self, images: list[Image.Image], questions: list[str], generate_kwargs: dict[str, Any]) -> list[str]:
+        """Single-turn answers to many questions in one batched generate (evaluation)."""
+        raise NotImplementedError
+
     def answer_ids(self, inputs: dict[str, torch.Tensor], output_ids: torch.Tensor) -> torch.Tensor:
         """The generated answer's token ids out of what `generate` returned, (T,)."""
         return output_ids[0, inputs["input_ids"].shape[1] :]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from PIL import Image
@@ -28,6 +30,14 @@ class MMChatAdapter(FamilyAdapter):
         messages.append({"role": "user", "content": question})
         batch = self.processor(images=image, text=self.processor.prompt(messages))
         return {k: v.to(self.device) for k, v in batch.items()}
+
+    def answer_batch(self, images: list[Image.Image], questions: list[str], generate_kwargs: dict[str, Any]) -> list[str]:
+        prompts = [self.processor.prompt([{"role": "user", "content": q}]) for q in questions]
+        batch = {k: v.to(self.device) for k, v in self.processor(images=images, text=prompts).items()}
+        with torch.inference_mode():
+            out = self.model.generate(**batch, **generate_kwargs)
+        answers = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        return [a.strip() for a in answers]
 
     def attention_grid(self, inputs: dict[str, torch.Tensor], answer_ids: torch.Tensor) -> np.ndarray | None:
         if answer_ids.numel() == 0:

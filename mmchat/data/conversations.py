@@ -1,0 +1,129 @@
+"""Training conversations: one image, several question/answer turns, tokenized with the chat template.
+
+Several questions about one image in one sequence is how the app is used (multi-turn chat), and
+it is cheap to train: the image is encoded once for all its questions. Only the answers (and the
+<|end|> that closes them) carry a loss.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..processing import MMChatProcessor, load_image
+from .shapes import render_scene, sample_question, sample_scene
+from .vqa import VQAExample
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Conversation:
+    image: Image.Image
+    turns: list[tuple[str, str]]  # (question, answer)
+
+
+def encode_conversation(processor: MMChatProcessor, turns: Sequence[tuple[str, str]]) -> tuple[list[int], list[int]]:
+    """Token ids of the whole chat and labels that are -100 everywhere but on the answers."""
+    tok = processor.tokenizer
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for question, answer in turns:
+        prompt = processor.prompt([{"role": "user", "content": question}])  # <|user|>q<|end|><|assistant|>
+        reply = tok(answer + tok.eos_token, add_special_tokens=False)["input_ids"]
+        prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        input_ids += prompt_ids + reply
+        labels += [IGNORE_INDEX] * len(prompt_ids) + reply
+    return input_ids, labels
+
+
+class ConversationCollator:
+    """Conversations -> a padded batch with pixel_values and labels (right padding for training)."""
+
+    def __init__(self, processor: MMChatProcessor, max_length: int = 512):
+        self.processor = processor
+        self.max_length = max_length
+
+    def __call__(self, conversations: list[Conversation]) -> dict[str, torch.Tensor]:
+        encoded = [encode_conversation(self.processor, c.turns) for c in conversations]
+        encoded = [(ids[: self.max_length], labels[: self.max_length]) for ids, labels in encoded]
+        T = max(len(ids) for ids, _ in encoded)
+        pad = self.processor.tokenizer.pad_token_id
+        input_ids = torch.full((len(encoded), T), pad, dtype=torch.long)
+        labels = torch.full((len(encoded), T), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(encoded), T), dtype=torch.long)
+        for i, (ids, lab) in enumerate(encoded):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            labels[i, : len(lab)] = torch.tensor(lab)
+            attention_mask[i, : len(ids)] = 1
+        pixel_values = self.processor.image_processor([c.image for c in conversations], return_tensors="pt")
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "pixel_values": pixel_values["pixel_values"],
+        }
+
+
+def _worker_rng(seed: int) -> random.Random:
+    info = get_worker_info()
+    return random.Random(seed * 1000 + (info.id if info is not None else 0))
+
+
+class ShapesConversations(IterableDataset):
+    """Endless ShapesVQA conversations rendered on the fly at varied sides (96-512 px, per the spec)."""
+
+    def __init__(self, seed: int, max_turns: int = 6, sides: Sequence[int] = (96, 128, 160, 192, 224, 256, 320)):
+        self.seed, self.max_turns, self.sides = seed, max_turns, tuple(sides)
+
+    def __iter__(self) -> Iterator[Conversation]:
+        rng = _worker_rng(self.seed)
+        while True:
+            side = rng.choice(self.sides)
+            objects = sample_scene(rng, side)
+            image = render_scene(objects, rng, side)
+            turns = []
+            for _ in range(rng.randint(1, self.max_turns)):
+                q = sample_question(objects, rng)
+                if q is not None:
+                    turns.append((q["question"], q["answer"]))
+            if turns:
+                yield Conversation(image, turns)
+
+
+class VQAConversations(IterableDataset):
+    """Endless conversations from a VQA-layout data set: each image with some of its questions."""
+
+    def __init__(self, examples: Sequence[VQAExample], seed: int, max_turns: int = 6):
+        by_image: dict[int, list[VQAExample]] = defaultdict(list)
+        for ex in examples:
+            by_image[ex.image_id].append(ex)
+        self.groups = list(by_image.values())
+        self.seed, self.max_turns = seed, max_turns
+
+    def __iter__(self) -> Iterator[Conversation]:
+        rng = _worker_rng(self.seed)
+        while True:
+            group = rng.choice(self.groups)
+            picked = rng.sample(group, min(len(group), rng.randint(1, self.max_turns)))
+            image = load_image(picked[0].image_path)
+            yield Conversation(image, [(ex.question, ex.multiple_choice_answer) for ex in picked])
+
+
+class Mixture(IterableDataset):
+    """Draw from several endless conversation streams with the given weights."""
+
+    def __init__(self, sources: Sequence[IterableDataset], weights: Sequence[float], seed: int):
+        self.sources, self.weights, self.seed = list(sources), list(weights), seed
+
+    def __iter__(self) -> Iterator[Conversation]:
+        rng = _worker_rng(self.seed + 7)
+        streams = [iter(s) for s in self.sources]
+        while True:
+            yield next(rng.choices(streams, weights=self.weights)[0])

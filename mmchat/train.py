@@ -1,0 +1,270 @@
+"""Train an mmchat model on VQA conversations with accelerate: CPU, one GPU, or many, one code path.
+
+    python -m mmchat.train --out runs/shapes --steps 20000              # CPU smoke test or one GPU
+    accelerate launch -m mmchat.train --out runs/shapes --steps 20000   # DDP / FSDP / DeepSpeed
+    python -m mmchat.train --out runs/shapes --resume                   # continue the latest checkpoint
+
+Data: ShapesVQA rendered on the fly (`--shapes-weight`), plus any VQA-layout folders given with
+`--vqa-data` (easy-vqa's converted train split, or real VQA). Evaluation: VQA accuracy on a fixed
+ShapesVQA split rendered from `--eval-seed` (a seed training never draws from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from dataclasses import MISSING, asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .data.conversations import ConversationCollator, Mixture, ShapesConversations, VQAConversations
+from .data.shapes import FAMILIES, render_scene, sample_question, sample_scene
+from .data.vqa import VQAExample, load_vqa
+from .evaluate import format_scores, predict
+from .factory import build_model_and_processor
+from .families.mmchat import MMChatAdapter
+from .model import MMChatForConditionalGeneration
+from .processing import MMChatProcessor
+from .vqa_metric import score_predictions
+
+# Model sizes, as data. "shapes-small" is the shipped default: small enough to train on a CPU.
+PRESETS: dict[str, dict] = {
+    "tiny": {
+        "vision": dict(model_type="vit", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64, image_size=32, patch_size=8),
+        "text": dict(model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, intermediate_size=128, vocab_size=512, max_position_embeddings=512),
+    },
+    "shapes-small": {
+        "vision": dict(model_type="vit", hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                       intermediate_size=512, image_size=96, patch_size=8),
+        "text": dict(model_type="llama", hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                     num_key_value_heads=2, intermediate_size=512, vocab_size=1024, max_position_embeddings=1024),
+    },
+}
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/mmchat"
+    preset: str = "shapes-small"
+    init_from: str | None = None  # an mmchat checkpoint to continue from instead of a new model
+    steps: int = 20000
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.05
+    warmup: int = 500
+    weight_decay: float = 0.05
+    max_turns: int = 6
+    shapes_weight: float = 1.0
+    vqa_data: list[str] = field(default_factory=list)
+    vqa_weight: float = 0.25
+    eval_seed: int = 424242
+    eval_images: int = 100
+    eval_every: int = 1000
+    save_every: int = 1000
+    log_every: int = 50
+    seed: int = 0
+    mixed_precision: str = "no"  # "bf16" on a GPU
+    num_workers: int = 1
+    freeze_vision: bool = False
+    freeze_language_model: bool = False
+    resume: bool = False
+
+
+def tokenizer_corpus(seed: int = 0, n_scenes: int = 3000, extra: list[str] | None = None) -> list[str]:
+    """Text the BPE is trained on: every question template filled in, answers, and extra text."""
+    rng = random.Random(seed)
+    corpus = []
+    for _ in range(n_scenes):
+        objects = sample_scene(rng, 128)
+        for family in FAMILIES:
+            q = sample_question(objects, rng, family)
+            if q is not None:
+                corpus.append(f"{q['question']} {q['answer']}")
+    return corpus + (extra or [])
+
+
+def eval_split(seed: int, n_images: int, side: int = 224) -> list[tuple]:
+    """A fixed ShapesVQA split (image, question, answer, family), balanced over the families."""
+    rng = random.Random(seed)
+    items = []
+    for i in range(n_images):
+        objects = sample_scene(rng, side)
+        image = render_scene(objects, rng, side)
+        for family in FAMILIES:
+            q = sample_question(objects, rng, family)
+            if q is not None:
+                items.append(VQAExample(
+                    question_id=len(items), image_id=i, image_path=image, question=q["question"],
+                    answers=[q["answer"]] * 10, multiple_choice_answer=q["answer"],
+                    question_type=q["question_type"], answer_type=q["answer_type"],
+                ))
+    return items
+
+
+def new_model(cfg: TrainConfig, vqa_examples: list[VQAExample]) -> tuple[MMChatForConditionalGeneration, MMChatProcessor]:
+    if cfg.init_from:
+        return MMChatForConditionalGeneration.from_pretrained(cfg.init_from), MMChatProcessor.from_pretrained(cfg.init_from)
+    preset = PRESETS[cfg.preset]
+    extra = [f"{ex.question} {ex.multiple_choice_answer}" for ex in vqa_examples[:20000]]
+    return build_model_and_processor(
+        preset["vision"], preset["text"], tokenizer_corpus(cfg.seed, extra=extra),
+        freeze_vision=cfg.freeze_vision, freeze_language_model=cfg.freeze_language_model,
+    )
+
+
+def set_trainable(model: MMChatForConditionalGeneration, cfg: TrainConfig) -> int:
+    """Freeze the backbones asked for; the fusion (projector + cross-attention) always trains."""
+    model.requires_grad_(True)
+    if cfg.freeze_vision:
+        model.vision_model.requires_grad_(False)
+    if cfg.freeze_language_model:
+        model.language_model.requires_grad_(False)
+        for block in model.cross_attention_blocks():
+            block.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def lr_lambda(cfg: TrainConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def evaluate_model(model, processor, examples: list[VQAExample], batch_size: int = 128) -> dict:
+    adapter = MMChatAdapter(model, processor)
+    was_training = model.training
+    model.eval()
+    predictions = predict(adapter, examples, batch_size=batch_size, progress=False)
+    model.train(was_training)
+    return score_predictions(predictions, examples)
+
+
+def train(cfg: TrainConfig) -> Path:
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+    set_seed(cfg.seed)
+    out = Path(cfg.out)
+    vqa_examples = [ex for d in cfg.vqa_data for ex in load_vqa(d)]
+    model, processor = new_model(cfg, vqa_examples)
+    n_trainable = set_trainable(model, cfg)
+    accelerator.print(f"parameters: {model.num_parameters():,} total, {n_trainable:,} trainable")
+
+    sources, weights = [ShapesConversations(cfg.seed + accelerator.process_index, cfg.max_turns)], [cfg.shapes_weight]
+    if vqa_examples:
+        sources.append(VQAConversations(vqa_examples, cfg.seed + 1 + accelerator.process_index, cfg.max_turns))
+        weights.append(cfg.vqa_weight)
+    data = Mixture(sources, weights, cfg.seed + accelerator.process_index)
+    loader = DataLoader(data, batch_size=cfg.batch_size, collate_fn=ConversationCollator(processor),
+                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.98),
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    # The loader is endless and already sharded per process by its seed, so it is not prepared.
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    accelerator.register_for_checkpointing(scheduler)
+
+    step = 0
+    checkpoints = out / "checkpoints"
+    if cfg.resume and checkpoints.exists() and any(checkpoints.iterdir()):
+        latest = max(checkpoints.iterdir(), key=lambda p: int(p.name.split("-")[-1]))
+        accelerator.load_state(str(latest))
+        step = int(latest.name.split("-")[-1])
+        accelerator.print(f"resumed from {latest} at step {step}")
+    eval_examples = eval_split(cfg.eval_seed, cfg.eval_images)
+    log_path = out / "log.jsonl"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+    model.train()
+    batches = iter(loader)
+    bar = tqdm(total=cfg.steps, initial=step, disable=not accelerator.is_main_process, desc="training")
+    t0, loss_sum, loss_n = time.time(), 0.0, 0
+    while step < cfg.steps:
+        for _ in range(cfg.grad_accum):
+            batch = next(batches)
+            with accelerator.accumulate(model):
+                loss = model(**{k: v.to(accelerator.device) for k, v in batch.items()}).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            loss_sum += loss.detach().float().item()
+            loss_n += 1
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0:
+            loss_avg = accelerator.gather(torch.tensor(loss_sum / loss_n, device=accelerator.device)).mean().item()
+            record = {"step": step, "loss": round(loss_avg, 4), "lr": scheduler.get_last_lr()[0],
+                      "elapsed_s": round(time.time() - t0, 1)}
+            bar.set_postfix(loss=f"{loss_avg:.4f}")
+            loss_sum, loss_n = 0.0, 0
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                if accelerator.is_main_process:
+                    scores = evaluate_model(accelerator.unwrap_model(model), processor, eval_examples)
+                    record["eval_accuracy"] = round(scores["overall"], 2)
+                    record["eval_per_family"] = {k: round(v, 1) for k, v in scores["per_question_type"].items()}
+                    accelerator.print(f"\nstep {step}: " + format_scores(scores).replace("\n", " | "))
+            if accelerator.is_main_process:
+                with log_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            accelerator.save_state(str(checkpoints / f"step-{step}"))
+            keep = sorted(checkpoints.iterdir(), key=lambda p: int(p.name.split("-")[-1]))[:-2]
+            if accelerator.is_main_process:
+                for old in keep:
+                    for f in sorted(old.rglob("*"), reverse=True):
+                        f.unlink() if f.is_file() else f.rmdir()
+                    old.rmdir()
+    bar.close()
+    accelerator.wait_for_everyone()
+    final = out / "final"
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(final)
+        processor.save_pretrained(final)
+        accelerator.print(f"saved {final}")
+    return final
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, f in TrainConfig.__dataclass_fields__.items():
+        default = f.default if f.default_factory is MISSING else f.default_factory()
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", default=default)
+        elif isinstance(default, list):
+            parser.add_argument(flag, nargs="*", default=default)
+        else:
+            kind = type(default) if default is not None else str
+            parser.add_argument(flag, type=kind, default=default)
+    return TrainConfig(**vars(parser.parse_args(argv)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_args(argv)
+    if cfg.preset not in PRESETS and not cfg.init_from:
+        raise SystemExit(f"unknown --preset {cfg.preset!r}; choose from {', '.join(PRESETS)}")
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()

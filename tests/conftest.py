@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny random models saved to temporary folders, synthetic images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmchat.factory import build_tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    """A tiny mmchat model with open gates (so the image matters), saved like a real checkpoint."""
+    model, processor = build_tiny(seed=0)
+    with torch.no_grad():
+        for block in model.cross_attention_blocks():
+            block.attn_gate.fill_(1.0)
+            block.mlp_gate.fill_(1.0)
+    path = tmp_path_factory.mktemp("tiny-mmchat")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def shapes_image() -> Image.Image:
+    """A synthetic picture: a red square and a blue disc on grey."""
+    a = np.full((64, 64, 3), 200, np.uint8)
+    a[8:24, 8:24] = (220, 40, 40)
+    yy, xx = np.mgrid[:64, :64]
+    a[(yy - 44) ** 2 + (xx - 44) ** 2 < 100] = (40, 80, 220)
+    return Image.fromarray(a)

@@ -1,0 +1,118 @@
+"""The fusion model: shapes, the zero-gate invariant, KV cache, save/load, Auto classes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForImageTextToText
+
+from mmchat import MMChatConfig, MMChatForConditionalGeneration
+from mmchat.factory import TINY_TEXT, TINY_VISION, build_tiny
+
+
+@pytest.fixture
+def model() -> MMChatForConditionalGeneration:
+    return build_tiny(seed=0)[0].eval()
+
+
+def open_gates(model: MMChatForConditionalGeneration, value: float = 1.0) -> None:
+    with torch.no_grad():
+        for block in model.cross_attention_blocks():
+            block.attn_gate.fill_(value)
+            block.mlp_gate.fill_(value)
+
+
+def inputs(batch: int = 2, length: int = 7, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "input_ids": torch.randint(10, 200, (batch, length), generator=g),
+        "pixel_values": torch.randn(batch, 3, 32, 32, generator=g),
+    }
+
+
+def test_forward_shapes_and_cross_attention_maps(model):
+    x = inputs()
+    out = model(**x, output_cross_attentions=True)
+    assert out.logits.shape == (2, 7, model.config.text_config.vocab_size)
+    n_patches = (32 // 8) ** 2 + 1  # + CLS
+    assert len(out.cross_attentions) == len(model.config.cross_attention_layers)
+    for w in out.cross_attentions:
+        assert w.shape == (2, model.config.cross_attention_heads, 7, n_patches)
+        torch.testing.assert_close(w.sum(-1), torch.ones_like(w.sum(-1)))  # a distribution over patches
+
+
+def test_closed_gates_leave_the_language_model_unchanged(model):
+    x = inputs()
+    with torch.no_grad():
+        text_only = model(input_ids=x["input_ids"]).logits
+        lm_alone = model.language_model(input_ids=x["input_ids"]).logits
+        with_image = model(**x).logits
+    assert torch.equal(with_image, text_only)
+    assert torch.equal(with_image, lm_alone)
+
+
+def test_open_gates_make_the_image_matter(model):
+    open_gates(model)
+    x = inputs()
+    other = inputs(seed=1)["pixel_values"]
+    with torch.no_grad():
+        a = model(**x).logits
+        b = model(input_ids=x["input_ids"], pixel_values=other).logits
+        text_only = model(input_ids=x["input_ids"]).logits
+    assert (a - b).abs().max() > 1e-3
+    assert (a - text_only).abs().max() > 1e-3
+
+
+def test_generate_with_cache_matches_without_and_encodes_the_image_once(model):
+    open_gates(model)
+    x = inputs()
+    calls = []
+    model.vision_model.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        cached = model.generate(**x, max_new_tokens=6, do_sample=False, eos_token_id=None)
+        assert len(calls) == 1  # once per image, not per token
+        uncached = model.generate(**x, max_new_tokens=6, do_sample=False, eos_token_id=None, use_cache=False)
+    assert cached.shape == (2, 7 + 6)
+    assert torch.equal(cached, uncached)
+
+
+def test_text_only_generate_works(model):
+    with torch.no_grad():
+        out = model.generate(input_ids=inputs()["input_ids"], max_new_tokens=3, do_sample=False, eos_token_id=None)
+    assert out.shape == (2, 10)
+
+
+def test_save_load_round_trip_through_auto_classes(model, tmp_path):
+    open_gates(model, 0.5)
+    model.save_pretrained(tmp_path)
+    for auto in (AutoModel, AutoModelForImageTextToText):
+        loaded = auto.from_pretrained(tmp_path).eval()
+        assert isinstance(loaded, MMChatForConditionalGeneration)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(**inputs()).logits, model(**inputs()).logits)
+
+
+def test_config_validates_fusion_layers():
+    with pytest.raises(ValueError, match="must lie in"):
+        MMChatConfig(vision_config=TINY_VISION, text_config=TINY_TEXT, cross_attention_layers=[0, 5])
+    with pytest.raises(ValueError, match="divide"):
+        MMChatConfig(vision_config=TINY_VISION, text_config=TINY_TEXT, cross_attention_heads=3)
+    config = MMChatConfig(vision_config=TINY_VISION, text_config={**TINY_TEXT, "num_hidden_layers": 4},
+                          cross_attention_every=2)
+    assert config.cross_attention_layers == [0, 2]
+
+
+def test_training_step_reduces_loss_on_a_batch(model):
+    """The fused model learns: a few steps on one batch lower its loss (the gates open)."""
+    model.train()
+    x = inputs()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss = model(**x, labels=x["input_ids"]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.8
+    assert any(block.attn_gate.abs().item() > 0 for block in model.cross_attention_blocks())
