@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..processing import MMChatProcessor, load_image
-from .shapes import render_scene, sample_question, sample_scene
+from .shapes import QuestionSampler, render_scene, sample_scene
 from .vqa import VQAExample
 
 IGNORE_INDEX = -100
@@ -84,15 +84,12 @@ class ShapesConversations(IterableDataset):
 
     def __iter__(self) -> Iterator[Conversation]:
         rng = _worker_rng(self.seed)
+        sampler = QuestionSampler()  # balanced answers across scenes, so the image must be read
         while True:
             side = rng.choice(self.sides)
             objects = sample_scene(rng, side)
             image = render_scene(objects, rng, side)
-            turns = []
-            for _ in range(rng.randint(1, self.max_turns)):
-                q = sample_question(objects, rng)
-                if q is not None:
-                    turns.append((q["question"], q["answer"]))
+            turns = [(q["question"], q["answer"]) for q in sampler.questions(objects, rng, rng.randint(1, self.max_turns))]
             if turns:
                 yield Conversation(image, turns)
 
