@@ -149,7 +149,7 @@ class ChatEngine:
 
     def answer(self, image: Any, question: str, history: list[Turn] | None = None, settings: GenerationSettings | None = None) -> str:
         text = ""
-        for text in self.stream(image, question, history, settings):
+        for text in self.stream(image, question, history, settings):  # noqa: B007 (the last one is the answer)
             pass
         return text
 

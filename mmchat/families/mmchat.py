@@ -52,4 +52,5 @@ class MMChatAdapter(FamilyAdapter):
         side = vision.image_size // vision.patch_size
         weights = weights[-side * side :]  # drop the CLS token, keep the patch grid
         grid = weights.reshape(side, side).cpu().numpy()
-        return grid / max(float(grid.max()), 1e-12)
+        # Stretch to [0, 1]: what matters is where attention is higher than elsewhere.
+        return (grid - grid.min()) / max(float(grid.max() - grid.min()), 1e-12)

@@ -1,0 +1,83 @@
+"""Serve the mmchat chat app (also the Hugging Face Space's `app_file`).
+
+    python app.py --model models/mmchat-shapes --quantization auto --device auto --port 7860
+
+Every flag has an environment variable, so a Space is configured in its settings, not its code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def default_model() -> str:
+    """`models/mmchat-shapes` beside this file, so `python path/to/app.py` finds it too."""
+    path = Path(__file__).resolve().parent / "models" / "mmchat-shapes"
+    # Relative where possible (always on a Space): the UI shows this path in its model line.
+    cwd = Path.cwd().resolve()
+    return str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(description="Chat about an image with an mmchat model.")
+    parser.add_argument(
+        "--model", default=env("MMCHAT_MODEL") or default_model(), help="checkpoint folder or hub id (env MMCHAT_MODEL)"
+    )
+    parser.add_argument(
+        "--quantization",
+        default=env("MMCHAT_QUANTIZATION", "auto"),
+        choices=["auto", "nf4", "int8", "none"],
+        help="auto: nf4 on a GPU, none on the CPU (env MMCHAT_QUANTIZATION)",
+    )
+    parser.add_argument(
+        "--device", default=env("MMCHAT_DEVICE", "auto"), help="auto, cpu, cuda or cuda:N (env MMCHAT_DEVICE)"
+    )
+    # Spaces and containers set GRADIO_SERVER_NAME=0.0.0.0; locally, stay off the network.
+    parser.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"), help="address to listen on")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(env("PORT") or env("GRADIO_SERVER_PORT") or 7860),
+        help="env PORT or GRADIO_SERVER_PORT",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=int(env("MMCHAT_CONCURRENCY", "1")),
+        help="answers generated at once; more queue up (env MMCHAT_CONCURRENCY)",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=int(env("MMCHAT_MAX_QUEUE", "32")),
+        help="waiting requests before new ones are refused",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Imported here so that `--help` and bad flags answer at once, without loading torch.
+    from mmchat.engine import ChatEngine
+    from mmchat.loading import LoadError
+    from mmchat.ui import build_demo
+
+    try:
+        engine = ChatEngine.from_pretrained(args.model, quantization=args.quantization, device=args.device)
+    except LoadError as e:
+        print(f"mmchat: cannot start: {e}", file=sys.stderr)
+        return 2
+    print(f"mmchat: serving {engine.describe()}", flush=True)
+    demo = build_demo(engine)
+    demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
+    demo.launch(server_name=args.host, server_port=args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
