@@ -25,8 +25,10 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .align import AlignmentModel, CaptionCollator, ShapesCaptions
+from .config import MMChatConfig
 from .data.conversations import ConversationCollator, Mixture, ShapesConversations, VQAConversations
-from .data.shapes import FAMILIES, render_scene, sample_question, sample_scene
+from .data.shapes import FAMILIES, sample_question, sample_scene, write_dataset
 from .data.vqa import VQAExample, load_vqa
 from .evaluate import format_scores, predict
 from .factory import build_model_and_processor
@@ -48,6 +50,8 @@ PRESETS: dict[str, dict] = {
                        intermediate_size=512, image_size=96, patch_size=8),
         "text": dict(model_type="llama", hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
                      num_key_value_heads=2, intermediate_size=512, vocab_size=1024, max_position_embeddings=1024),
+        # A narrower MLP after each cross-attention: most of the CPU step time is in the LM side.
+        "fusion": dict(cross_attention_mlp_ratio=2),
     },
 }
 
@@ -55,6 +59,7 @@ PRESETS: dict[str, dict] = {
 @dataclass
 class TrainConfig:
     out: str = "runs/mmchat"
+    stage: str = "vqa"  # "align": ITC + ITM on scene captions, before "vqa"
     preset: str = "shapes-small"
     init_from: str | None = None  # an mmchat checkpoint to continue from instead of a new model
     steps: int = 20000
@@ -76,6 +81,7 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "no"  # "bf16" on a GPU
     num_workers: int = 1
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default. 1 is fastest on a busy 2-core machine
     freeze_vision: bool = False
     freeze_language_model: bool = False
     resume: bool = False
@@ -94,31 +100,13 @@ def tokenizer_corpus(seed: int = 0, n_scenes: int = 3000, extra: list[str] | Non
     return corpus + (extra or [])
 
 
-def eval_split(seed: int, n_images: int, side: int = 224) -> list[tuple]:
-    """A fixed ShapesVQA split (image, question, answer, family), balanced over the families."""
-    rng = random.Random(seed)
-    items = []
-    for i in range(n_images):
-        objects = sample_scene(rng, side)
-        image = render_scene(objects, rng, side)
-        for family in FAMILIES:
-            q = sample_question(objects, rng, family)
-            if q is not None:
-                items.append(VQAExample(
-                    question_id=len(items), image_id=i, image_path=image, question=q["question"],
-                    answers=[q["answer"]] * 10, multiple_choice_answer=q["answer"],
-                    question_type=q["question_type"], answer_type=q["answer_type"],
-                ))
-    return items
-
-
 def new_model(cfg: TrainConfig, vqa_examples: list[VQAExample]) -> tuple[MMChatForConditionalGeneration, MMChatProcessor]:
     if cfg.init_from:
         return MMChatForConditionalGeneration.from_pretrained(cfg.init_from), MMChatProcessor.from_pretrained(cfg.init_from)
     preset = PRESETS[cfg.preset]
     extra = [f"{ex.question} {ex.multiple_choice_answer}" for ex in vqa_examples[:20000]]
     return build_model_and_processor(
-        preset["vision"], preset["text"], tokenizer_corpus(cfg.seed, extra=extra),
+        preset["vision"], preset["text"], tokenizer_corpus(cfg.seed, extra=extra), **preset.get("fusion", {}),
         freeze_vision=cfg.freeze_vision, freeze_language_model=cfg.freeze_language_model,
     )
 
@@ -154,56 +142,77 @@ def evaluate_model(model, processor, examples: list[VQAExample], batch_size: int
 
 
 def train(cfg: TrainConfig) -> Path:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
     set_seed(cfg.seed)
     out = Path(cfg.out)
     vqa_examples = [ex for d in cfg.vqa_data for ex in load_vqa(d)]
-    model, processor = new_model(cfg, vqa_examples)
+    checkpoints, init_dir = out / "checkpoints", out / "init"
+    latest = None
+    if cfg.resume and checkpoints.exists() and any(checkpoints.iterdir()):
+        latest = max(checkpoints.iterdir(), key=lambda p: int(p.name.split("-")[-1]))
+    if latest is not None:
+        # The run's own config and tokenizer, not new ones built from today's arguments.
+        model = MMChatForConditionalGeneration(MMChatConfig.from_pretrained(init_dir))
+        processor = MMChatProcessor.from_pretrained(init_dir)
+    else:
+        model, processor = new_model(cfg, vqa_examples)
+        if accelerator.is_main_process:
+            model.config.save_pretrained(init_dir)
+            processor.save_pretrained(init_dir)
+    step = int(latest.name.split("-")[-1]) if latest is not None else 0
     n_trainable = set_trainable(model, cfg)
     accelerator.print(f"parameters: {model.num_parameters():,} total, {n_trainable:,} trainable")
 
-    sources, weights = [ShapesConversations(cfg.seed + accelerator.process_index, cfg.max_turns)], [cfg.shapes_weight]
-    if vqa_examples:
-        sources.append(VQAConversations(vqa_examples, cfg.seed + 1 + accelerator.process_index, cfg.max_turns))
-        weights.append(cfg.vqa_weight)
-    data = Mixture(sources, weights, cfg.seed + accelerator.process_index)
-    loader = DataLoader(data, batch_size=cfg.batch_size, collate_fn=ConversationCollator(processor),
+    # Streams seeded per process and per resume point: no two see the same conversations.
+    seed = cfg.seed + 1000 * accelerator.process_index + 7919 * step
+    if cfg.stage == "align":
+        trainee, data, collate = AlignmentModel(model), ShapesCaptions(seed), CaptionCollator(processor)
+    else:
+        sources, weights = [ShapesConversations(seed, cfg.max_turns)], [cfg.shapes_weight]
+        if vqa_examples:
+            sources.append(VQAConversations(vqa_examples, seed + 1, cfg.max_turns))
+            weights.append(cfg.vqa_weight)
+        trainee, data, collate = model, Mixture(sources, weights, seed), ConversationCollator(processor)
+    loader = DataLoader(data, batch_size=cfg.batch_size, collate_fn=collate,
                         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    decay = [p for n, p in trainee.named_parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for n, p in trainee.named_parameters() if p.requires_grad and p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.98),
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    # The loader is endless and already sharded per process by its seed, so it is not prepared.
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # The loader is endless and already different per process by its seed, so it is not prepared.
+    trainee, optimizer, scheduler = accelerator.prepare(trainee, optimizer, scheduler)
     accelerator.register_for_checkpointing(scheduler)
-
-    step = 0
-    checkpoints = out / "checkpoints"
-    if cfg.resume and checkpoints.exists() and any(checkpoints.iterdir()):
-        latest = max(checkpoints.iterdir(), key=lambda p: int(p.name.split("-")[-1]))
+    if latest is not None:
         accelerator.load_state(str(latest))
-        step = int(latest.name.split("-")[-1])
         accelerator.print(f"resumed from {latest} at step {step}")
-    eval_examples = eval_split(cfg.eval_seed, cfg.eval_images)
-    log_path = out / "log.jsonl"
     out.mkdir(parents=True, exist_ok=True)
+    eval_dir = out / "eval-data"
+    if accelerator.is_main_process and not (eval_dir / "annotations.json").exists():
+        write_dataset(eval_dir, cfg.eval_images, seed=cfg.eval_seed, questions_per_image=7)
+    accelerator.wait_for_everyone()
+    eval_examples = load_vqa(eval_dir)
+    log_path = out / "log.jsonl"
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
-    model.train()
+    trainee.train()
     batches = iter(loader)
     bar = tqdm(total=cfg.steps, initial=step, disable=not accelerator.is_main_process, desc="training")
-    t0, loss_sum, loss_n = time.time(), 0.0, 0
+    t0, loss_sum, loss_n, metrics = time.time(), 0.0, 0, {}
     while step < cfg.steps:
         for _ in range(cfg.grad_accum):
             batch = next(batches)
-            with accelerator.accumulate(model):
-                loss = model(**{k: v.to(accelerator.device) for k, v in batch.items()}).loss
+            with accelerator.accumulate(trainee):
+                outputs = trainee(**{k: v.to(accelerator.device) for k, v in batch.items()})
+                loss = outputs["loss"]
+                metrics = {k: round(v, 4) for k, v in outputs.items() if isinstance(v, float)}  # alignment's
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                    accelerator.clip_grad_norm_(trainee.parameters(), 1.0)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
@@ -214,12 +223,12 @@ def train(cfg: TrainConfig) -> Path:
         if step % cfg.log_every == 0:
             loss_avg = accelerator.gather(torch.tensor(loss_sum / loss_n, device=accelerator.device)).mean().item()
             record = {"step": step, "loss": round(loss_avg, 4), "lr": scheduler.get_last_lr()[0],
-                      "elapsed_s": round(time.time() - t0, 1)}
+                      "elapsed_s": round(time.time() - t0, 1), **metrics}
             bar.set_postfix(loss=f"{loss_avg:.4f}")
             loss_sum, loss_n = 0.0, 0
-            if step % cfg.eval_every == 0 or step == cfg.steps:
+            if cfg.stage == "vqa" and (step % cfg.eval_every == 0 or step == cfg.steps):
                 if accelerator.is_main_process:
-                    scores = evaluate_model(accelerator.unwrap_model(model), processor, eval_examples)
+                    scores = evaluate_model(accelerator.unwrap_model(trainee), processor, eval_examples)
                     record["eval_accuracy"] = round(scores["overall"], 2)
                     record["eval_per_family"] = {k: round(v, 1) for k, v in scores["per_question_type"].items()}
                     accelerator.print(f"\nstep {step}: " + format_scores(scores).replace("\n", " | "))
@@ -238,7 +247,8 @@ def train(cfg: TrainConfig) -> Path:
     accelerator.wait_for_everyone()
     final = out / "final"
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(final)
+        unwrapped = accelerator.unwrap_model(trainee)
+        (unwrapped.model if cfg.stage == "align" else unwrapped).save_pretrained(final)
         processor.save_pretrained(final)
         accelerator.print(f"saved {final}")
     return final
@@ -263,6 +273,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
     if cfg.preset not in PRESETS and not cfg.init_from:
         raise SystemExit(f"unknown --preset {cfg.preset!r}; choose from {', '.join(PRESETS)}")
+    if cfg.stage not in ("align", "vqa"):
+        raise SystemExit(f"unknown --stage {cfg.stage!r}; choose align or vqa")
     train(cfg)
 
 
