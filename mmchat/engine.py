@@ -72,7 +72,10 @@ class ChatEngine:
     def describe(self) -> str:
         a = self.adapter
         turns = "multi-turn" if a.multi_turn else "each question answered on its own"
-        return f"{getattr(a, 'source', '?')} · {a.family} · {getattr(a, 'quantization', '?')} on {getattr(a, 'device_name', a.device)} · {turns}"
+        source = getattr(a, "source", "?")
+        # A local folder is named, not its full path (which the public page need not show).
+        name = Path(source).name if Path(source).is_dir() else source
+        return f"{name} · {a.family} · {getattr(a, 'quantization', '?')} on {getattr(a, 'device_name', a.device)} · {turns}"
 
     def check(self, image: Any, question: str | None) -> tuple[Image.Image, str]:
         """Validate the inputs; raises ChatInputError (or ImageInputError) with a readable message."""

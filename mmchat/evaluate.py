@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .data.vqa import VQAExample, load_vqa
@@ -27,13 +28,20 @@ def predict(
     batch_size: int = 64,
     max_new_tokens: int = 8,
     progress: bool = True,
+    blind: bool = False,
 ) -> list[dict]:
-    """Greedy single-turn answers, batched: [{"question_id": int, "answer": str}]."""
+    """Greedy single-turn answers, batched: [{"question_id": int, "answer": str}].
+
+    `blind` replaces every image by a flat grey one of the same size: the baseline that shows
+    how much of the accuracy comes from the image rather than from the question alone.
+    """
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
     predictions = []
     for start in tqdm(range(0, len(examples), batch_size), disable=not progress, desc="answering", unit="batch"):
         batch = examples[start : start + batch_size]
         images = [load_image(ex.image_path) for ex in batch]
+        if blind:
+            images = [Image.new("RGB", image.size, (128, 128, 128)) for image in images]
         answers = adapter.answer_batch(images, [ex.question for ex in batch], settings.generate_kwargs())
         predictions += [{"question_id": ex.question_id, "answer": a} for ex, a in zip(batch, answers)]
     return predictions
@@ -57,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantization", default="auto", choices=QUANTIZATIONS)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
+    parser.add_argument("--blind", action="store_true", help="blank every image: the question-only baseline")
     args = parser.parse_args(argv)
 
     try:
@@ -66,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     examples = examples[: args.limit] if args.limit else examples
-    predictions = predict(adapter, examples, args.batch_size, args.max_new_tokens)
+    predictions = predict(adapter, examples, args.batch_size, args.max_new_tokens, blind=args.blind)
     Path(args.predictions).write_text(json.dumps(predictions))
     if all(ex.answers for ex in examples):
         print(format_scores(score_predictions(predictions, examples)))
