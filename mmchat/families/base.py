@@ -23,7 +23,9 @@ class FamilyAdapter:
 
     `model_types` are the config `model_type`s a family serves, `multi_turn` says whether
     earlier turns are given to the model, `streams` whether answers come token by token,
-    and `int8_skip_modules` lists modules kept unquantized because bitsandbytes breaks on them.
+    and `skip_modules` maps a quantization mode to the modules kept unquantized (because
+    bitsandbytes breaks on them). A list replaces transformers' default skips (usually `lm_head`),
+    so name those too; no entry for a mode keeps the defaults.
     """
 
     family: ClassVar[str]
