@@ -27,6 +27,9 @@ class MMChatConfig(PretrainedConfig):
             Heads of the cross-attention; defaults to the LM's `num_attention_heads`.
         cross_attention_mlp_ratio (`int`, *optional*, defaults to 4):
             Width of the gated MLP after each cross-attention, as a multiple of the LM's width.
+        cross_attention_gate_init (`float`, *optional*, defaults to 0.0):
+            Initial value of every tanh gate. 0 makes the fused model start as exactly its LM,
+            which is what a pretrained LM needs; an LM trained from scratch has nothing to keep.
         freeze_vision / freeze_language_model (`bool`, *optional*, defaults to False):
             Recorded so a checkpoint says how it was trained; training reads them.
     """
@@ -42,6 +45,7 @@ class MMChatConfig(PretrainedConfig):
         cross_attention_every: int = 1,
         cross_attention_heads: int | None = None,
         cross_attention_mlp_ratio: int = 4,
+        cross_attention_gate_init: float = 0.0,
         freeze_vision: bool = False,
         freeze_language_model: bool = False,
         **kwargs: Any,
@@ -71,6 +75,7 @@ class MMChatConfig(PretrainedConfig):
             )
         self.cross_attention_heads = heads
         self.cross_attention_mlp_ratio = cross_attention_mlp_ratio
+        self.cross_attention_gate_init = cross_attention_gate_init
         self.freeze_vision = freeze_vision
         self.freeze_language_model = freeze_language_model
         # Generation reads these from the top-level config.

@@ -61,3 +61,60 @@ def build_tiny(seed: int = 0) -> tuple[MMChatForConditionalGeneration, MMChatPro
 
     torch.manual_seed(seed)
     return build_model_and_processor(TINY_VISION, TINY_TEXT, TINY_CORPUS)
+
+
+def build_from_pretrained(
+    vision: str | dict[str, Any],
+    language: str | dict[str, Any],
+    corpus: Iterable[str] = (),
+    gguf_file: str | None = None,
+    **fusion: Any,
+) -> tuple[MMChatForConditionalGeneration, MMChatProcessor]:
+    """Fuse pretrained backbones (local paths or hub ids; a dict builds that part from scratch).
+
+    A pretrained LM keeps its tokenizer, with our chat tokens added; its weights are copied
+    into the fused model, whose cross-attention blocks are new (gates closed).
+    """
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    from .tokenizer import ASSISTANT, END, PAD, SYSTEM, USER
+
+    if isinstance(language, str):
+        lm = AutoModelForCausalLM.from_pretrained(language, gguf_file=gguf_file, dtype="float32")
+        tok = AutoTokenizer.from_pretrained(language, gguf_file=gguf_file)
+        tok.add_special_tokens({"pad_token": PAD, "eos_token": END, "additional_special_tokens": [USER, ASSISTANT, SYSTEM]})
+        tok.padding_side = "left"
+        lm.resize_token_embeddings(len(tok))
+        text_config = lm.config.to_dict()
+    else:
+        lm, text_config = None, language
+    if isinstance(vision, str):
+        vision_model = AutoModel.from_pretrained(vision)
+        vision_config = vision_model.config.to_dict()
+    else:
+        vision_model, vision_config = None, vision
+    if lm is None:
+        return build_model_and_processor(vision_config, text_config, corpus, **fusion)
+
+    processor = MMChatProcessor(
+        ViTImageProcessorPil(size={"height": vision_config["image_size"], "width": vision_config["image_size"]},
+                             image_mean=IMAGE_MEAN, image_std=IMAGE_STD),
+        tok,
+    )
+    text_config = {**text_config, "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id}
+    model = MMChatForConditionalGeneration(
+        MMChatConfig(vision_config=vision_config, text_config=text_config, **fusion)
+    )
+    fused = set(model.config.cross_attention_layers)
+    state = {}
+    for key, value in lm.state_dict().items():
+        parts = key.split(".")  # model.layers.{i}.rest -> model.layers.{i}.layer.rest where fused
+        if key.startswith("model.layers.") and int(parts[2]) in fused:
+            key = ".".join(parts[:3] + ["layer"] + parts[3:])
+        state[key] = value
+    missing, unexpected = model.language_model.load_state_dict(state, strict=False)
+    assert not unexpected and all(".cross_attn." in k for k in missing), (unexpected, missing)
+    if vision_model is not None:
+        missing, unexpected = model.vision_model.load_state_dict(vision_model.state_dict(), strict=False)
+        assert not missing, missing
+    return model, processor

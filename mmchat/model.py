@@ -45,9 +45,9 @@ class MMChatPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, GatedCrossAttentionBlock):
-            # Closed gates: the fused model starts as exactly the LM it was built from.
-            nn.init.zeros_(module.attn_gate)
-            nn.init.zeros_(module.mlp_gate)
+            # Closed gates (the default): the fused model starts as exactly the LM it was built from.
+            nn.init.constant_(module.attn_gate, self.config.cross_attention_gate_init)
+            nn.init.constant_(module.mlp_gate, self.config.cross_attention_gate_init)
         elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=0.02)
             if module.bias is not None:

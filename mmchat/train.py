@@ -31,7 +31,7 @@ from .data.conversations import ConversationCollator, Mixture, ShapesConversatio
 from .data.shapes import FAMILIES, sample_question, sample_scene, write_dataset
 from .data.vqa import VQAExample, load_vqa
 from .evaluate import format_scores, predict
-from .factory import build_model_and_processor
+from .factory import build_from_pretrained
 from .families.mmchat import MMChatAdapter
 from .model import MMChatForConditionalGeneration
 from .processing import MMChatProcessor
@@ -62,6 +62,12 @@ class TrainConfig:
     stage: str = "vqa"  # "align": ITC + ITM on scene captions, before "vqa"
     preset: str = "shapes-small"
     init_from: str | None = None  # an mmchat checkpoint to continue from instead of a new model
+    pretrained_vision: str | None = None  # a local path or hub id instead of the preset's vision config
+    pretrained_lm: str | None = None  # a local path or hub id instead of the preset's LM config
+    gguf_file: str | None = None  # with --pretrained-lm, a GGUF file inside that folder
+    cross_attention_every: int = 1
+    gate_init: float = 0.0  # initial tanh gate value (0: the fused model starts as its LM)
+    gate_lr_scale: float = 1.0  # the gates' learning rate, as a multiple of --lr
     steps: int = 20000
     batch_size: int = 32
     grad_accum: int = 1
@@ -105,9 +111,12 @@ def new_model(cfg: TrainConfig, vqa_examples: list[VQAExample]) -> tuple[MMChatF
         return MMChatForConditionalGeneration.from_pretrained(cfg.init_from), MMChatProcessor.from_pretrained(cfg.init_from)
     preset = PRESETS[cfg.preset]
     extra = [f"{ex.question} {ex.multiple_choice_answer}" for ex in vqa_examples[:20000]]
-    return build_model_and_processor(
-        preset["vision"], preset["text"], tokenizer_corpus(cfg.seed, extra=extra), **preset.get("fusion", {}),
-        freeze_vision=cfg.freeze_vision, freeze_language_model=cfg.freeze_language_model,
+    fusion = {"cross_attention_every": cfg.cross_attention_every, "cross_attention_gate_init": cfg.gate_init,
+              **preset.get("fusion", {}),
+              "freeze_vision": cfg.freeze_vision, "freeze_language_model": cfg.freeze_language_model}
+    return build_from_pretrained(
+        cfg.pretrained_vision or preset["vision"], cfg.pretrained_lm or preset["text"],
+        tokenizer_corpus(cfg.seed, extra=extra), gguf_file=cfg.gguf_file, **fusion,
     )
 
 
@@ -177,10 +186,13 @@ def train(cfg: TrainConfig) -> Path:
         trainee, data, collate = model, Mixture(sources, weights, seed), ConversationCollator(processor)
     loader = DataLoader(data, batch_size=cfg.batch_size, collate_fn=collate,
                         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
-    decay = [p for n, p in trainee.named_parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for n, p in trainee.named_parameters() if p.requires_grad and p.ndim < 2]
+    trainable = [(n, p) for n, p in trainee.named_parameters() if p.requires_grad]
+    gates = [p for n, p in trainable if n.endswith("_gate")]
+    decay = [p for n, p in trainable if p.ndim >= 2]
+    no_decay = [p for n, p in trainable if p.ndim < 2 and not n.endswith("_gate")]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0},
+         {"params": gates, "weight_decay": 0.0, "lr": cfg.lr * cfg.gate_lr_scale}],
         lr=cfg.lr, betas=(0.9, 0.98),
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
