@@ -141,6 +141,8 @@ class ChatEngine:
         text = ""
         try:
             for piece in streamer:
+                if stop_event.is_set():  # Stop pressed: show nothing more, even tokens already made
+                    break
                 text += piece
                 yield text.strip()
         finally:

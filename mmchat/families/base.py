@@ -63,6 +63,17 @@ class FamilyAdapter:
         """Single-turn answers to many questions in one batched generate (evaluation)."""
         raise NotImplementedError
 
+    def to_device(self, batch: Any) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def generate_continuations(self, batch: Any, generate_kwargs: dict[str, Any]) -> list[str]:
+        """Generate for a left-padded batch of prompts and decode only what follows each prompt."""
+        batch = self.to_device(batch)
+        with torch.inference_mode():
+            out = self.model.generate(**batch, **generate_kwargs)
+        answers = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        return [a.strip() for a in answers]
+
     def answer_ids(self, inputs: dict[str, torch.Tensor], output_ids: torch.Tensor) -> torch.Tensor:
         """The generated answer's token ids out of what `generate` returned, (T,)."""
         return output_ids[0, inputs["input_ids"].shape[1] :]
@@ -72,3 +83,8 @@ class FamilyAdapter:
     ) -> np.ndarray | None:
         """(h, w) weights over the image patches that the answer attended to, or None."""
         return None
+
+
+def stretch(grid: np.ndarray) -> np.ndarray:
+    """Attention weights to [0, 1]: what matters is where attention is higher than elsewhere."""
+    return (grid - grid.min()) / max(float(grid.max() - grid.min()), 1e-12)

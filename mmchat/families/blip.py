@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from transformers import BlipForQuestionAnswering, BlipProcessor
 
-from .base import FamilyAdapter, Turn
+from .base import FamilyAdapter, Turn, stretch
 
 
 class BlipAdapter(FamilyAdapter):
@@ -38,7 +38,7 @@ class BlipAdapter(FamilyAdapter):
     def inputs(self, image: Image.Image, question: str, history: list[Turn]) -> dict[str, torch.Tensor]:
         # `history` is ignored: the engine passes none, as `multi_turn` is False.
         batch = self.processor(images=image, text=question, return_tensors="pt")
-        return self._to_device(batch)
+        return self.to_device(batch)
 
     def answer_ids(self, inputs: dict[str, torch.Tensor], output_ids: torch.Tensor) -> torch.Tensor:
         # `generate` returns the decoder's ids, [start token, answer..., SEP], not prompt + answer.
@@ -61,7 +61,7 @@ class BlipAdapter(FamilyAdapter):
                 images=[images[i] for i in indices], text=[questions[i] for i in indices], return_tensors="pt"
             )
             with torch.inference_mode():
-                out = self.model.generate(**self._to_device(batch), **generate_kwargs)
+                out = self.model.generate(**self.to_device(batch), **generate_kwargs)
             for i, answer in zip(indices, self.tokenizer.batch_decode(out, skip_special_tokens=True)):
                 answers[i] = answer.strip()
         return answers
@@ -95,7 +95,4 @@ class BlipAdapter(FamilyAdapter):
         vision = model.config.vision_config
         side = vision.image_size // vision.patch_size
         grid = weights.reshape(side, side).cpu().numpy()
-        return (grid - grid.min()) / max(float(grid.max() - grid.min()), 1e-12)
-
-    def _to_device(self, batch: Any) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device) for k, v in batch.items()}
+        return stretch(grid)

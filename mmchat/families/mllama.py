@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from transformers import MllamaForConditionalGeneration, MllamaProcessor
 
-from .base import FamilyAdapter, Turn
+from .base import FamilyAdapter, Turn, stretch
 
 # Without a chat template (the base, non-instruct checkpoints) the model card's plain prompt.
 _PLAIN_TURN = "Question: {question}\nAnswer:"
@@ -68,7 +68,7 @@ class MllamaAdapter(FamilyAdapter):
         batch = self.processor(
             images=image, text=self.prompt(question, history), add_special_tokens=False, return_tensors="pt"
         )
-        return {k: v.to(self.device) for k, v in batch.items()}
+        return self.to_device(batch)
 
     def answer_batch(self, images: list[Image.Image], questions: list[str], generate_kwargs: dict[str, Any]) -> list[str]:
         prompts = [self.prompt(q, []) for q in questions]
@@ -81,11 +81,7 @@ class MllamaAdapter(FamilyAdapter):
             add_special_tokens=False,
             return_tensors="pt",
         )
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        with torch.inference_mode():
-            out = self.model.generate(**batch, **generate_kwargs)
-        answers = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        return [a.strip() for a in answers]
+        return self.generate_continuations(batch, generate_kwargs)
 
     def attention_grid(self, inputs: dict[str, torch.Tensor], answer_ids: torch.Tensor) -> np.ndarray | None:
         """Mean cross-attention of the answer's predicting positions over the image patches, tiles in place."""
@@ -123,4 +119,4 @@ class MllamaAdapter(FamilyAdapter):
         rows, cols = vision.supported_aspect_ratios[int(inputs["aspect_ratio_ids"][0, 0]) - 1]
         tiles = weights[: rows * cols].reshape(rows, cols, side, side)  # tiles cut row by row from the canvas
         grid = tiles.permute(0, 2, 1, 3).reshape(rows * side, cols * side).cpu().numpy()
-        return (grid - grid.min()) / max(float(grid.max() - grid.min()), 1e-12)
+        return stretch(grid)

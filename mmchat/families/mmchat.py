@@ -10,7 +10,7 @@ from PIL import Image
 
 from ..model import MMChatForConditionalGeneration
 from ..processing import MMChatProcessor
-from .base import FamilyAdapter, Turn
+from .base import FamilyAdapter, Turn, stretch
 
 
 class MMChatAdapter(FamilyAdapter):
@@ -28,16 +28,11 @@ class MMChatAdapter(FamilyAdapter):
         for turn in history:
             messages += [{"role": "user", "content": turn.question}, {"role": "assistant", "content": turn.answer}]
         messages.append({"role": "user", "content": question})
-        batch = self.processor(images=image, text=self.processor.prompt(messages))
-        return {k: v.to(self.device) for k, v in batch.items()}
+        return self.to_device(self.processor(images=image, text=self.processor.prompt(messages)))
 
     def answer_batch(self, images: list[Image.Image], questions: list[str], generate_kwargs: dict[str, Any]) -> list[str]:
         prompts = [self.processor.prompt([{"role": "user", "content": q}]) for q in questions]
-        batch = {k: v.to(self.device) for k, v in self.processor(images=images, text=prompts).items()}
-        with torch.inference_mode():
-            out = self.model.generate(**batch, **generate_kwargs)
-        answers = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        return [a.strip() for a in answers]
+        return self.generate_continuations(self.processor(images=images, text=prompts), generate_kwargs)
 
     def attention_grid(self, inputs: dict[str, torch.Tensor], answer_ids: torch.Tensor) -> np.ndarray | None:
         if answer_ids.numel() == 0:
@@ -51,6 +46,4 @@ class MMChatAdapter(FamilyAdapter):
         vision = self.model.config.vision_config
         side = vision.image_size // vision.patch_size
         weights = weights[-side * side :]  # drop the CLS token, keep the patch grid
-        grid = weights.reshape(side, side).cpu().numpy()
-        # Stretch to [0, 1]: what matters is where attention is higher than elsewhere.
-        return (grid - grid.min()) / max(float(grid.max() - grid.min()), 1e-12)
+        return stretch(weights.reshape(side, side).cpu().numpy())
