@@ -56,6 +56,9 @@ PRESETS: dict[str, dict] = {
 }
 
 
+EASY_FAMILIES = ("count", "exist", "query_color", "query_shape", "query_size")
+
+
 @dataclass
 class TrainConfig:
     out: str = "runs/mmchat"
@@ -77,6 +80,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     max_turns: int = 6
     shapes_weight: float = 1.0
+    easy: bool = False  # curriculum stage: scenes of 1-2 objects, no relation/compare questions
     vqa_data: list[str] = field(default_factory=list)
     vqa_weight: float = 0.25
     eval_seed: int = 424242
@@ -179,7 +183,8 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.stage == "align":
         trainee, data, collate = AlignmentModel(model), ShapesCaptions(seed), CaptionCollator(processor)
     else:
-        sources, weights = [ShapesConversations(seed, cfg.max_turns)], [cfg.shapes_weight]
+        easy = {"max_objects": 2, "families": EASY_FAMILIES} if cfg.easy else {}
+        sources, weights = [ShapesConversations(seed, cfg.max_turns, **easy)], [cfg.shapes_weight]
         if vqa_examples:
             sources.append(VQAConversations(vqa_examples, seed + 1, cfg.max_turns))
             weights.append(cfg.vqa_weight)

@@ -77,17 +77,31 @@ def _worker_rng(seed: int) -> random.Random:
 
 
 class ShapesConversations(IterableDataset):
-    """Endless ShapesVQA conversations rendered on the fly at varied sides (96-512 px, per the spec)."""
+    """Endless ShapesVQA conversations rendered on the fly at varied sides (96-512 px, per the spec).
 
-    def __init__(self, seed: int, max_turns: int = 6, sides: Sequence[int] = (96, 128, 160, 192, 224, 256, 320)):
+    `max_objects` and `families` narrow the scenes and questions (still within the spec) for a
+    curriculum: a model trained from scratch first learns to find one or two objects.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        max_turns: int = 6,
+        sides: Sequence[int] = (96, 128, 160, 192, 224, 256, 320),
+        max_objects: int | None = None,
+        families: Sequence[str] | None = None,
+    ):
         self.seed, self.max_turns, self.sides = seed, max_turns, tuple(sides)
+        self.max_objects, self.families = max_objects, families
 
     def __iter__(self) -> Iterator[Conversation]:
         rng = _worker_rng(self.seed)
-        sampler = QuestionSampler()  # balanced answers across scenes, so the image must be read
+        sampler = QuestionSampler(self.families)  # balanced answers across scenes, so the image must be read
         while True:
             side = rng.choice(self.sides)
             objects = sample_scene(rng, side)
+            if self.max_objects is not None and len(objects) > self.max_objects:
+                continue
             image = render_scene(objects, rng, side)
             turns = [(q["question"], q["answer"]) for q in sampler.questions(objects, rng, rng.randint(1, self.max_turns))]
             if turns:
