@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The figures in models/mmchat-shapes/README.md: a fresh ShapesVQA test split (seed 20261123, never
+# used in training), its blind baseline (every image blanked), and easy-vqa's official test split.
+set -euo pipefail
+model=${1:-models/mmchat-shapes}
+mkdir -p runs/eval
+[ -f data/shapes-test/annotations.json ] || python -m mmchat.data.shapes --out data/shapes-test --images 300 --seed 20261123 --questions-per-image 5
+[ -f data/easy-vqa-test/annotations.json ] || python -m mmchat.data.easy_vqa --out data/easy-vqa-test --split test
+python -m mmchat.evaluate --model "$model" --data data/shapes-test --predictions runs/eval/shapes-test.json
+python -m mmchat.evaluate --model "$model" --data data/shapes-test --predictions runs/eval/shapes-test-blind.json --blind
+python -m mmchat.evaluate --model "$model" --data data/easy-vqa-test --predictions runs/eval/easy-vqa-test.json
