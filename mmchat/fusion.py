@@ -36,7 +36,9 @@ class CrossAttentionCache:
 
 
 class GatedCrossAttentionBlock(nn.Module):
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: int = 4, eps: float = 1e-5):
+    def __init__(
+        self, hidden_size: int, num_heads: int, mlp_ratio: int = 4, gate_init: float = 0.0, eps: float = 1e-5
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
@@ -45,14 +47,14 @@ class GatedCrossAttentionBlock(nn.Module):
         self.k_proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.v_proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.o_proj = nn.Linear(hidden_size, hidden_size, bias=False)
-        self.attn_gate = nn.Parameter(torch.zeros(1))
+        self.attn_gate = nn.Parameter(torch.full((1,), gate_init))
         self.mlp_norm = nn.LayerNorm(hidden_size, eps=eps)
         self.mlp = nn.Sequential(
             nn.Linear(hidden_size, mlp_ratio * hidden_size),
             nn.GELU(),
             nn.Linear(mlp_ratio * hidden_size, hidden_size),
         )
-        self.mlp_gate = nn.Parameter(torch.zeros(1))
+        self.mlp_gate = nn.Parameter(torch.full((1,), gate_init))
 
     def project_kv(self, image_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, N, _ = image_states.shape

@@ -44,11 +44,9 @@ class MMChatPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, GatedCrossAttentionBlock):
-            # Closed gates (the default): the fused model starts as exactly the LM it was built from.
-            nn.init.constant_(module.attn_gate, self.config.cross_attention_gate_init)
-            nn.init.constant_(module.mlp_gate, self.config.cross_attention_gate_init)
-        elif isinstance(module, nn.Linear):
+        # The blocks inside the LM are initialised by the LM's own `_init_weights` (transformers
+        # dispatches each sub-model's init), so their gates get their value in the constructor.
+        if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -72,7 +70,10 @@ class MMChatForConditionalGeneration(MMChatPreTrainedModel, GenerationMixin):
 
         layers = self.decoder_layers()
         for i in config.cross_attention_layers:
-            block = GatedCrossAttentionBlock(D, config.cross_attention_heads, config.cross_attention_mlp_ratio)
+            # Closed gates (the default): the fused model starts as exactly the LM it was built from.
+            block = GatedCrossAttentionBlock(
+                D, config.cross_attention_heads, config.cross_attention_mlp_ratio, config.cross_attention_gate_init
+            )
             layers[i] = FusedDecoderLayer(layers[i], block, layer_idx=i)
         self.post_init()
 

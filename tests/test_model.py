@@ -63,6 +63,19 @@ def test_open_gates_make_the_image_matter(model):
     assert (a - text_only).abs().max() > 1e-3
 
 
+def test_configured_gate_init_opens_the_gates_from_the_start(tmp_path):
+    """`cross_attention_gate_init` reaches every gate (the LM's own init must not reset it)."""
+    torch.manual_seed(0)
+    config = MMChatConfig(vision_config=TINY_VISION, text_config=TINY_TEXT, cross_attention_gate_init=0.5)
+    model = MMChatForConditionalGeneration(config).eval()
+    assert all(b.attn_gate.item() == 0.5 and b.mlp_gate.item() == 0.5 for b in model.cross_attention_blocks())
+    x = inputs()
+    with torch.no_grad():
+        a = model(**x).logits
+        b = model(input_ids=x["input_ids"], pixel_values=inputs(seed=1)["pixel_values"]).logits
+    assert (a - b).abs().max() > 1e-3
+
+
 def test_generate_with_cache_matches_without_and_encodes_the_image_once(model):
     open_gates(model)
     x = inputs()
