@@ -79,6 +79,7 @@ class TrainConfig:
     warmup: int = 500
     weight_decay: float = 0.05
     max_turns: int = 6
+    min_turns: int = 1  # set to max_turns for full sequences: no padding, each image encoded once per 6 answers
     shapes_weight: float = 1.0
     easy: bool = False  # curriculum stage: scenes of 1-2 objects, no relation/compare questions
     vqa_data: list[str] = field(default_factory=list)
@@ -184,9 +185,9 @@ def train(cfg: TrainConfig) -> Path:
         trainee, data, collate = AlignmentModel(model), ShapesCaptions(seed), CaptionCollator(processor)
     else:
         easy = {"max_objects": 2, "families": EASY_FAMILIES} if cfg.easy else {}
-        sources, weights = [ShapesConversations(seed, cfg.max_turns, **easy)], [cfg.shapes_weight]
+        sources, weights = [ShapesConversations(seed, cfg.max_turns, cfg.min_turns, **easy)], [cfg.shapes_weight]
         if vqa_examples:
-            sources.append(VQAConversations(vqa_examples, seed + 1, cfg.max_turns))
+            sources.append(VQAConversations(vqa_examples, seed + 1, cfg.max_turns, cfg.min_turns))
             weights.append(cfg.vqa_weight)
         trainee, data, collate = model, Mixture(sources, weights, seed), ConversationCollator(processor)
     loader = DataLoader(data, batch_size=cfg.batch_size, collate_fn=collate,

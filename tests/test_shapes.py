@@ -177,13 +177,18 @@ def test_object_centres_have_the_named_colour(side: int) -> None:
             assert _is_colour(pixels[int(o.cy), int(o.cx)], o.color), (o, pixels[int(o.cy), int(o.cx)])
 
 
-def test_shapes_are_drawn_as_specified() -> None:
+# The ways of drawing that training mixes: anti-aliased or hard edges, colour or grey noise.
+RENDER_VARIANTS = [{}, {"supersample": 1}, {"supersample": 2, "shared_noise": True}]
+
+
+@pytest.mark.parametrize("variant", RENDER_VARIANTS)
+def test_shapes_are_drawn_as_specified(variant: dict) -> None:
     """Circles leave box corners empty, squares fill them, triangles stand apex up."""
     rng = random.Random(7)
     seen = set()
     for _ in range(40):
         objects = sample_scene(rng, 224)
-        pixels = np.asarray(render_scene(objects, rng, 224))
+        pixels = np.asarray(render_scene(objects, rng, 224, **variant))
         for o in objects:
             h = o.side / 2
             x0, y0, x1, y1 = o.cx - h + 3, o.cy - h + 3, o.cx + h - 3, o.cy + h - 3
@@ -215,6 +220,25 @@ def test_background_is_light_flat_colour_with_bounded_noise() -> None:
         sigmas.append(background.std(0).max())
     assert max(sigmas) < 8.5  # sigma <= 8, clipping at 255 only lowers it
     assert min(sigmas) < 2 and max(sigmas) > 5  # sigma is drawn from [0, 8], not fixed
+
+
+def test_hard_edges_and_grey_noise_variants() -> None:
+    """supersample=1 leaves no blended edge pixels; shared noise moves all channels together."""
+    objects = [ShapeObject("circle", "blue", "large", 112.3, 100.7, 60.0)]
+    soft = np.asarray(render_scene(objects, random.Random(1), 224)).astype(int)
+    hard = np.asarray(render_scene(objects, random.Random(1), 224, supersample=1)).astype(int)
+
+    def blended(pixels: np.ndarray) -> int:  # neither background (all >= 150) nor blue (blue > 150, red < 120)
+        return int(np.sum((pixels.min(-1) < 150) & ~((pixels[..., 2] > 150) & (pixels[..., 0] < 120))))
+
+    assert blended(hard) == 0 and blended(soft) > 20
+    spreads = {}
+    for shared in (True, False):  # a background alone, the same colour and noise level both ways
+        pixels = np.asarray(render_scene([], random.Random(4), 224, shared_noise=shared)).astype(int)
+        unclipped = pixels.max(-1) < 255
+        # Shared noise shifts every channel alike, so the difference of two channels is constant.
+        spreads[shared] = np.ptp((pixels[..., 0] - pixels[..., 1])[unclipped])
+    assert spreads[True] == 0 and spreads[False] > 10
 
 
 def test_rendering_is_reproducible() -> None:

@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..processing import MMChatProcessor, load_image
-from .shapes import QuestionSampler, render_scene, sample_scene
+from .shapes import SIDE_RANGE, QuestionSampler, render_scene, sample_scene
 from .vqa import VQAExample
 
 IGNORE_INDEX = -100
@@ -77,33 +77,37 @@ def _worker_rng(seed: int) -> random.Random:
 
 
 class ShapesConversations(IterableDataset):
-    """Endless ShapesVQA conversations rendered on the fly at varied sides (96-512 px, per the spec).
+    """Endless ShapesVQA conversations rendered on the fly, varied within the spec.
 
-    `max_objects` and `families` narrow the scenes and questions (still within the spec) for a
-    curriculum: a model trained from scratch first learns to find one or two objects.
+    Each scene gets a side drawn from 96-512 px, hard or anti-aliased edges and colour or grey
+    noise, so that the model learns shapes, colours, sizes and positions rather than the pixels of
+    one renderer. `max_objects` and `families` narrow the scenes and questions (still within the
+    spec) for a curriculum: a model trained from scratch first learns to find one or two objects.
     """
 
     def __init__(
         self,
         seed: int,
         max_turns: int = 6,
-        sides: Sequence[int] = (96, 128, 160, 192, 224, 256, 320),
+        min_turns: int = 1,
+        side_range: tuple[int, int] = SIDE_RANGE,
         max_objects: int | None = None,
         families: Sequence[str] | None = None,
     ):
-        self.seed, self.max_turns, self.sides = seed, max_turns, tuple(sides)
+        self.seed, self.min_turns, self.max_turns, self.side_range = seed, min_turns, max_turns, side_range
         self.max_objects, self.families = max_objects, families
 
     def __iter__(self) -> Iterator[Conversation]:
         rng = _worker_rng(self.seed)
         sampler = QuestionSampler(self.families)  # balanced answers across scenes, so the image must be read
         while True:
-            side = rng.choice(self.sides)
+            side = rng.randint(*self.side_range)
             objects = sample_scene(rng, side)
             if self.max_objects is not None and len(objects) > self.max_objects:
                 continue
-            image = render_scene(objects, rng, side)
-            turns = [(q["question"], q["answer"]) for q in sampler.questions(objects, rng, rng.randint(1, self.max_turns))]
+            image = render_scene(objects, rng, side, supersample=rng.choice((1, 2, 4)), shared_noise=rng.random() < 0.3)
+            k = rng.randint(self.min_turns, self.max_turns)
+            turns = [(q["question"], q["answer"]) for q in sampler.questions(objects, rng, k)]
             if turns:
                 yield Conversation(image, turns)
 
@@ -111,18 +115,18 @@ class ShapesConversations(IterableDataset):
 class VQAConversations(IterableDataset):
     """Endless conversations from a VQA-layout data set: each image with some of its questions."""
 
-    def __init__(self, examples: Sequence[VQAExample], seed: int, max_turns: int = 6):
+    def __init__(self, examples: Sequence[VQAExample], seed: int, max_turns: int = 6, min_turns: int = 1):
         by_image: dict[int, list[VQAExample]] = defaultdict(list)
         for ex in examples:
             by_image[ex.image_id].append(ex)
         self.groups = list(by_image.values())
-        self.seed, self.max_turns = seed, max_turns
+        self.seed, self.min_turns, self.max_turns = seed, min_turns, max_turns
 
     def __iter__(self) -> Iterator[Conversation]:
         rng = _worker_rng(self.seed)
         while True:
             group = rng.choice(self.groups)
-            picked = rng.sample(group, min(len(group), rng.randint(1, self.max_turns)))
+            picked = rng.sample(group, min(len(group), rng.randint(self.min_turns, self.max_turns)))
             image = load_image(picked[0].image_path)
             yield Conversation(image, [(ex.question, ex.multiple_choice_answer) for ex in picked])
 

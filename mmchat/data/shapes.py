@@ -154,26 +154,35 @@ def sample_scene(rng: random.Random, side: int = 224) -> list[ShapeObject]:
 # --------------------------------------------------------------------------- pixels
 
 
-def _background(side: int, rgb: tuple[int, int, int], sigma: float, seed: int) -> Image.Image:
-    """Flat colour plus Gaussian noise, drawn as uint16 indices into the normal quantile table."""
+def _background(
+    side: int, rgb: tuple[int, int, int], sigma: float, seed: int, shared_noise: bool = False
+) -> Image.Image:
+    """Flat colour plus Gaussian noise, drawn as uint16 indices into the normal quantile table.
+
+    `shared_noise` draws one noise field for all three channels (grey noise) instead of one each;
+    the spec allows both, so training sees both.
+    """
     if sigma <= 0:
         return Image.new("RGB", (side, side), rgb)
-    indices = np.random.default_rng(seed).integers(0, 65536, (3, side, side), dtype=np.uint16)
+    indices = np.random.default_rng(seed).integers(0, 65536, (1 if shared_noise else 3, side, side), dtype=np.uint16)
     bands = []
-    for base, band in zip(rgb, indices, strict=True):
+    for base, band in zip(rgb, np.broadcast_to(indices, (3, side, side)), strict=True):
         # +0.5: the uint8 cast truncates, so this rounds to the nearest grey level.
         lookup = np.clip(base + 0.5 + sigma * _NORMAL_QUANTILES, 0, 255.5).astype(np.uint8)
         bands.append(np.take(lookup, band))
     return Image.fromarray(np.stack(bands, axis=-1), "RGB")
 
 
-def _mask(obj: ShapeObject) -> tuple[Image.Image, tuple[int, int]]:
-    """Anti-aliased coverage mask of one object over its pixel-aligned box, and the box corner."""
+def _mask(obj: ShapeObject, supersample: int = _SUPERSAMPLE) -> tuple[Image.Image, tuple[int, int]]:
+    """Coverage mask of one object over its pixel-aligned box, and the box corner.
+
+    Drawn `supersample` times larger and box-filtered down: 4 gives anti-aliased edges, 1 hard ones.
+    """
     half = obj.side / 2
     left, top = obj.cx - half, obj.cy - half
     x0, y0 = math.floor(left), math.floor(top)
     width, height = math.ceil(obj.cx + half) - x0, math.ceil(obj.cy + half) - y0
-    ss = _SUPERSAMPLE
+    ss = supersample
     mask = Image.new("L", (width * ss, height * ss), 0)
     draw = ImageDraw.Draw(mask)
     # Sub-pixel offsets survive the supersampling; PIL boxes include their last pixel, hence -1.
@@ -193,17 +202,27 @@ def _jitter(rgb: tuple[int, int, int], rng: random.Random) -> tuple[int, int, in
     return r, g, b
 
 
-def render_scene(objects: Sequence[ShapeObject], rng: random.Random, side: int = 224) -> Image.Image:
-    """Draw the scene as an RGB image: noisy flat background, solid shapes without outline."""
+def render_scene(
+    objects: Sequence[ShapeObject],
+    rng: random.Random,
+    side: int = 224,
+    supersample: int = _SUPERSAMPLE,
+    shared_noise: bool = False,
+) -> Image.Image:
+    """Draw the scene as an RGB image: noisy flat background, solid shapes without outline.
+
+    `supersample` and `shared_noise` vary how, within the spec, the pixels are made (edge
+    anti-aliasing, colour or grey noise), so that training does not learn one renderer's pixels.
+    """
     _check_side(side)
     rgb = (
         rng.randint(*BACKGROUND_RANGE),
         rng.randint(*BACKGROUND_RANGE),
         rng.randint(*BACKGROUND_RANGE),
     )
-    image = _background(side, rgb, rng.uniform(*NOISE_SIGMA_RANGE), rng.getrandbits(64))
+    image = _background(side, rgb, rng.uniform(*NOISE_SIGMA_RANGE), rng.getrandbits(64), shared_noise)
     for obj in objects:
-        mask, corner = _mask(obj)
+        mask, corner = _mask(obj, supersample)
         image.paste(_jitter(COLORS[obj.color], rng), corner, mask)
     return image
 
