@@ -99,7 +99,11 @@ class TrainConfig:
 
 
 def tokenizer_corpus(seed: int = 0, n_scenes: int = 3000, extra: list[str] | None = None) -> list[str]:
-    """Text the BPE is trained on: every question template filled in, answers, and extra text."""
+    """Text the BPE is trained on: every question template filled in, answers, and extra text.
+
+    Answers are entries of their own: in a chat an answer starts right after `<|assistant|>`, with
+    no space before it, and the byte-level BPE only merges a word into one token in the form it saw.
+    """
     rng = random.Random(seed)
     corpus = []
     for _ in range(n_scenes):
@@ -107,7 +111,7 @@ def tokenizer_corpus(seed: int = 0, n_scenes: int = 3000, extra: list[str] | Non
         for family in FAMILIES:
             q = sample_question(objects, rng, family)
             if q is not None:
-                corpus.append(f"{q['question']} {q['answer']}")
+                corpus += [q["question"], q["answer"]]
     return corpus + (extra or [])
 
 
@@ -115,7 +119,7 @@ def new_model(cfg: TrainConfig, vqa_examples: list[VQAExample]) -> tuple[MMChatF
     if cfg.init_from:
         return MMChatForConditionalGeneration.from_pretrained(cfg.init_from), MMChatProcessor.from_pretrained(cfg.init_from)
     preset = PRESETS[cfg.preset]
-    extra = [f"{ex.question} {ex.multiple_choice_answer}" for ex in vqa_examples[:20000]]
+    extra = [text for ex in vqa_examples[:20000] for text in (ex.question, ex.multiple_choice_answer)]
     fusion = {"cross_attention_every": cfg.cross_attention_every, "cross_attention_gate_init": cfg.gate_init,
               **preset.get("fusion", {}),
               "freeze_vision": cfg.freeze_vision, "freeze_language_model": cfg.freeze_language_model}

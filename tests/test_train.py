@@ -34,3 +34,15 @@ def test_alignment_stage_then_vqa(tmp_path):
     main(["--out", str(vqa), "--init-from", str(align / "final"), "--steps", "2", "--batch-size", "4",
           "--log-every", "2", "--eval-images", "1", "--num-workers", "0"])
     assert load_model(vqa / "final", device="cpu").family == "mmchat"
+
+
+def test_every_answer_of_the_spec_is_one_token_for_a_new_model():
+    """Answers follow `<|assistant|>` with no space, so the BPE must know them in that form."""
+    from mmchat.data.shapes import COLORS, SHAPES, SIZES
+    from mmchat.factory import build_processor
+    from mmchat.train import PRESETS, tokenizer_corpus
+
+    processor = build_processor(32, tokenizer_corpus(n_scenes=300), PRESETS["shapes-small"]["text"]["vocab_size"])
+    answers = [*COLORS, *SHAPES, *SIZES, "yes", "no", *map(str, range(7))]
+    split = {a: processor.tokenizer.tokenize(a) for a in answers}
+    assert all(len(tokens) == 1 for tokens in split.values()), split
