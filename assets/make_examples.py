@@ -46,12 +46,13 @@ def main() -> None:
         if question is None:
             raise RuntimeError(f"seed {seed} cannot be asked a {family} question; pick another seed")
         render_scene(objects, rng, SIDE).save(ASSETS / name)
-        examples.append({"file": name, "question": question["question"]})
+        # The true answer, so tests can check that the shipped model answers the examples right.
+        examples.append({"file": name, "question": question["question"], "answer": question["answer"]})
     shutil.copyfile(gradio_photo(PHOTO[0]), ASSETS / PHOTO[0])
     examples.append({"file": PHOTO[0], "question": PHOTO[1]})
     (ASSETS / "examples.json").write_text(json.dumps(examples, indent=2) + "\n")
     for example in examples:
-        print(f"{example['file']}: {example['question']}")
+        print(f"{example['file']}: {example['question']} {example.get('answer', '')}".rstrip())
 
 
 if __name__ == "__main__":

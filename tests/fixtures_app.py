@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -53,11 +54,10 @@ def engine(tiny_checkpoint: str) -> ChatEngine:
     return ChatEngine.from_pretrained(tiny_checkpoint, quantization="none", device="cpu")
 
 
-@pytest.fixture(scope="session")
-def running_app(tiny_checkpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`python app.py` serving the tiny checkpoint on a free port; yields its URL."""
+@contextmanager
+def serve_app(args: list[str], folder: Path) -> Iterator[str]:
+    """`python app.py ARGS` on a free port, its uploads and log in `folder`; yields its URL."""
     port = free_port()
-    folder = tmp_path_factory.mktemp("app")
     log = folder / "app.log"
     env = {
         **os.environ,
@@ -66,7 +66,8 @@ def running_app(tiny_checkpoint: str, tmp_path_factory: pytest.TempPathFactory) 
         "GRADIO_TEMP_DIR": str(folder / "gradio"),
         "PYTHONUNBUFFERED": "1",
     }
-    command = [sys.executable, str(ROOT / "app.py"), "--model", tiny_checkpoint, "--port", str(port), "--device", "cpu"]
+    env.pop("MMCHAT_MODEL", None)  # the model is the test's choice, not the shell's
+    command = [sys.executable, str(ROOT / "app.py"), *args, "--port", str(port), "--device", "cpu"]
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -80,3 +81,10 @@ def running_app(tiny_checkpoint: str, tmp_path_factory: pytest.TempPathFactory) 
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def running_app(tiny_checkpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`python app.py` serving the tiny checkpoint on a free port; yields its URL."""
+    with serve_app(["--model", tiny_checkpoint], tmp_path_factory.mktemp("app")) as url:
+        yield url
