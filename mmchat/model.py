@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .config import MMChatConfig
@@ -20,6 +20,21 @@ from .fusion import CrossAttentionCache, FusedDecoderLayer, GatedCrossAttentionB
 
 # Keyword arguments some vision encoders need to give patch features and nothing unused.
 VISION_MODEL_KWARGS: dict[str, dict[str, Any]] = {"vit": {"add_pooling_layer": False}}
+
+
+def vision_width(config: PretrainedConfig) -> int:
+    """Dv: a ViT's `hidden_size`, or the channels of a CNN's last stage (`hidden_sizes[-1]`)."""
+    return config.hidden_size if hasattr(config, "hidden_size") else config.hidden_sizes[-1]
+
+
+def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
+    """(h*w, dim) fixed position code, row-major: sines and cosines of y and of x (as in MAE)."""
+    quarter = dim // 4
+    freqs = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)  # (dim/4,)
+    y, x = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    y, x = y.reshape(-1, 1) * freqs, x.reshape(-1, 1) * freqs  # (h*w, dim/4) each
+    code = torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], dim=1)
+    return nn.functional.pad(code, (0, dim - 4 * quarter))  # (h*w, dim)
 
 
 @dataclass
@@ -65,7 +80,7 @@ class MMChatForConditionalGeneration(MMChatPreTrainedModel, GenerationMixin):
         vision_kwargs = VISION_MODEL_KWARGS.get(config.vision_config.model_type, {})
         self.vision_model = AutoModel.from_config(config.vision_config, **vision_kwargs)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
-        Dv, D = config.vision_config.hidden_size, config.text_config.hidden_size
+        Dv, D = vision_width(config.vision_config), config.text_config.hidden_size
         self.multi_modal_projector = nn.Sequential(nn.LayerNorm(Dv), nn.Linear(Dv, D))
 
         layers = self.decoder_layers()
@@ -105,8 +120,14 @@ class MMChatForConditionalGeneration(MMChatPreTrainedModel, GenerationMixin):
     def encode_images(self, pixel_values: torch.Tensor) -> CrossAttentionCache:
         """(B, 3, H, W) -> the projected patches every fused layer attends over."""
         pixel_values = pixel_values.to(self.multi_modal_projector[0].weight.dtype)
-        patches = self.vision_model(pixel_values=pixel_values).last_hidden_state  # (B, N, Dv)
-        return CrossAttentionCache(self.multi_modal_projector(patches))  # (B, N, D)
+        features = self.vision_model(pixel_values=pixel_values).last_hidden_state
+        if features.ndim == 3:  # a ViT: (B, N, Dv) tokens that already carry their position
+            return CrossAttentionCache(self.multi_modal_projector(features))  # (B, N, D)
+        # A CNN: a (B, Dv, h, w) map, one cell per patch. Nothing in a cell says where it is, so a
+        # fixed 2-D position code is added: left/right/above/below need it.
+        B, Dv, h, w = features.shape
+        patches = self.multi_modal_projector(features.flatten(2).transpose(1, 2))  # (B, h*w, D)
+        return CrossAttentionCache(patches + sincos_2d(h, w, patches.shape[-1]).to(patches))
 
     def forward(
         self,

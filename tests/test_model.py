@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 from transformers import AutoModel, AutoModelForImageTextToText
 
 from mmchat import MMChatConfig, MMChatForConditionalGeneration
-from mmchat.factory import TINY_TEXT, TINY_VISION, build_tiny
+from mmchat.factory import TINY_CORPUS, TINY_TEXT, TINY_VISION, build_model_and_processor, build_tiny
+from mmchat.families.mmchat import MMChatAdapter
 
 
 @pytest.fixture
@@ -129,3 +131,30 @@ def test_training_step_reduces_loss_on_a_batch(model):
         losses.append(loss.item())
     assert losses[-1] < losses[0] * 0.8
     assert any(block.attn_gate.abs().item() > 0 for block in model.cross_attention_blocks())
+
+
+def test_a_cnn_vision_tower_gives_placed_cells_and_an_attention_grid(tmp_path):
+    """A ResNet's (B, C, h, w) map is read as h*w cells, each knowing where it is."""
+    cnn = dict(model_type="resnet", embedding_size=8, hidden_sizes=[16, 64], depths=[1, 1],
+               layer_type="basic", downsample_in_first_stage=False, image_size=32)
+    torch.manual_seed(0)
+    model, processor = build_model_and_processor(cnn, TINY_TEXT, TINY_CORPUS)
+    model.eval()
+    open_gates(model)
+    x = inputs()
+    out = model(**x, output_cross_attentions=True)
+    assert out.cross_attentions[0].shape[-1] == (32 // 8) ** 2  # a 4 x 4 map, no CLS
+    # The same picture shifted sideways is a different scene (left/right); without a position
+    # code a flat image's cells would all be alike and so would the answers.
+    flat = torch.zeros(1, 3, 32, 32)
+    cells = model.encode_images(flat).image_states[0]  # (16, D)
+    assert not torch.allclose(cells[0], cells[3])
+
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    reloaded = MMChatForConditionalGeneration.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(reloaded(**x).logits, out.logits)
+    adapter = MMChatAdapter(reloaded, processor)
+    prompt = adapter.inputs(Image.new("RGB", (40, 40), "red"), "what color is it?", [])
+    grid = adapter.attention_grid(prompt, torch.tensor([5, 6]))
+    assert grid.shape == (4, 4) and grid.max() == 1.0

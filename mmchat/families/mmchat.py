@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,6 @@ class MMChatAdapter(FamilyAdapter):
         # Where the tokens that predicted the answer looked: (layers, B, nh, T, N) -> (N,)
         n_answer = answer_ids.numel()
         weights = torch.stack(out.cross_attentions)[:, 0, :, -n_answer - 1 : -1].float().mean(dim=(0, 1, 2))
-        vision = self.model.config.vision_config
-        side = vision.image_size // vision.patch_size
-        weights = weights[-side * side :]  # drop the CLS token, keep the patch grid
+        side = math.isqrt(weights.numel())  # a square grid of patches (or CNN cells)
+        weights = weights[-side * side :]  # drop a ViT's CLS token, keep the patch grid
         return stretch(weights.reshape(side, side).cpu().numpy())
