@@ -125,7 +125,7 @@ class MMChatForConditionalGeneration(MMChatPreTrainedModel, GenerationMixin):
             return CrossAttentionCache(self.multi_modal_projector(features))  # (B, N, D)
         # A CNN: a (B, Dv, h, w) map, one cell per patch. Nothing in a cell says where it is, so a
         # fixed 2-D position code is added: left/right/above/below need it.
-        B, Dv, h, w = features.shape
+        h, w = features.shape[-2:]
         patches = self.multi_modal_projector(features.flatten(2).transpose(1, 2))  # (B, h*w, D)
         return CrossAttentionCache(patches + sincos_2d(h, w, patches.shape[-1]).to(patches))
 
