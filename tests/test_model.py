@@ -144,8 +144,8 @@ def test_a_cnn_vision_tower_gives_placed_cells_and_an_attention_grid(tmp_path):
     x = inputs()
     out = model(**x, output_cross_attentions=True)
     assert out.cross_attentions[0].shape[-1] == (32 // 8) ** 2  # a 4 x 4 map, no CLS
-    # The same picture shifted sideways is a different scene (left/right); without a position
-    # code a flat image's cells would all be alike and so would the answers.
+    # Cells must say where they are (left/right/above/below): in a flat image they differ only
+    # by the position code (and the padding at the borders).
     flat = torch.zeros(1, 3, 32, 32)
     cells = model.encode_images(flat).image_states[0]  # (16, D)
     assert not torch.allclose(cells[0], cells[3])

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+from mmchat.data.shapes import COLORS, SHAPES, SIZES
+from mmchat.factory import build_processor
 from mmchat.loading import load_model
-from mmchat.train import main
+from mmchat.train import PRESETS, main, tokenizer_corpus
 
 
 def test_short_run_saves_loadable_model_and_resumes(tmp_path):
@@ -38,10 +40,6 @@ def test_alignment_stage_then_vqa(tmp_path):
 
 def test_every_answer_of_the_spec_is_one_token_for_a_new_model():
     """Answers follow `<|assistant|>` with no space, so the BPE must know them in that form."""
-    from mmchat.data.shapes import COLORS, SHAPES, SIZES
-    from mmchat.factory import build_processor
-    from mmchat.train import PRESETS, tokenizer_corpus
-
     processor = build_processor(32, tokenizer_corpus(n_scenes=300), PRESETS["shapes-small"]["text"]["vocab_size"])
     answers = [*COLORS, *SHAPES, *SIZES, "yes", "no", *map(str, range(7))]
     split = {a: processor.tokenizer.tokenize(a) for a in answers}
