@@ -53,6 +53,14 @@ PRESETS: dict[str, dict] = {
         # A narrower MLP after each cross-attention: most of the CPU step time is in the LM side.
         "fusion": dict(cross_attention_mlp_ratio=2),
     },
+    # A quarter of shapes-small's compute, for ablations on a CPU (e.g. alignment stage vs none).
+    "shapes-mini": {
+        "vision": dict(model_type="vit", hidden_size=96, num_hidden_layers=3, num_attention_heads=3,
+                       intermediate_size=384, image_size=64, patch_size=8),
+        "text": dict(model_type="llama", hidden_size=128, num_hidden_layers=3, num_attention_heads=4,
+                     num_key_value_heads=2, intermediate_size=256, vocab_size=1024, max_position_embeddings=1024),
+        "fusion": dict(cross_attention_mlp_ratio=2),
+    },
     # shapes-small with a small ResNet for eyes: the from-scratch ViT learned colours fast but shapes
     # slowly (50 % on "What shape is the red object?" in one-object scenes after 2,500 CPU steps).
     # 128 px in, a 16 x 16 map of 64-channel cells out (stride 8). Run it in fp32: convolutions
@@ -93,6 +101,7 @@ class TrainConfig:
     max_turns: int = 6
     min_turns: int = 1  # set to max_turns for full sequences: no padding, each image encoded once per 6 answers
     shapes_weight: float = 1.0
+    family_weights: list[str] = field(default_factory=list)  # e.g. relation=3 count=2: ask those more often
     easy: bool = False  # curriculum stage: scenes of 1-2 objects, no relation/compare questions
     vqa_data: list[str] = field(default_factory=list)
     vqa_weight: float = 0.25
@@ -153,6 +162,17 @@ def set_trainable(model: MMChatForConditionalGeneration, cfg: TrainConfig) -> in
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def parse_family_weights(items: list[str]) -> dict[str, float] | None:
+    """["relation=3", "count=2"] -> {"relation": 3.0, "count": 2.0}; families not named weigh 1."""
+    weights = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in FAMILIES:
+            raise SystemExit(f"--family-weights takes FAMILY=WEIGHT with FAMILY one of {', '.join(FAMILIES)}; got {item!r}")
+        weights[name] = float(value)
+    return weights or None
+
+
 def lr_lambda(cfg: TrainConfig):
     def f(step: int) -> float:
         if step < cfg.warmup:
@@ -201,7 +221,9 @@ def train(cfg: TrainConfig) -> Path:
         trainee, data, collate = AlignmentModel(model), ShapesCaptions(seed), CaptionCollator(processor)
     else:
         easy = {"max_objects": 2, "families": EASY_FAMILIES} if cfg.easy else {}
-        sources, weights = [ShapesConversations(seed, cfg.max_turns, cfg.min_turns, **easy)], [cfg.shapes_weight]
+        family_weights = parse_family_weights(cfg.family_weights)
+        shapes = ShapesConversations(seed, cfg.max_turns, cfg.min_turns, family_weights=family_weights, **easy)
+        sources, weights = [shapes], [cfg.shapes_weight]
         if vqa_examples:
             sources.append(VQAConversations(vqa_examples, seed + 1, cfg.max_turns, cfg.min_turns))
             weights.append(cfg.vqa_weight)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The figures in models/mmchat-shapes/README.md: a fresh ShapesVQA test split (seed 20261123, never
-# used in training), its blind baseline (every image blanked), and easy-vqa's official test split.
+# used in training), its blind baseline (every image blanked), easy-vqa's official test split, and
+# two more fresh splits at the ends of the spec's side range (96 and 512 px).
 set -euo pipefail
 model=${1:-models/mmchat-shapes}
 mkdir -p runs/eval
@@ -9,3 +10,7 @@ mkdir -p runs/eval
 python -m mmchat.evaluate --model "$model" --data data/shapes-test --predictions runs/eval/shapes-test.json
 python -m mmchat.evaluate --model "$model" --data data/shapes-test --predictions runs/eval/shapes-test-blind.json --blind
 python -m mmchat.evaluate --model "$model" --data data/easy-vqa-test --predictions runs/eval/easy-vqa-test.json
+for side in 96 512; do
+  [ -f data/shapes-test-$side/annotations.json ] || python -m mmchat.data.shapes --out data/shapes-test-$side --images 100 --seed 2026112$((side / 96)) --side $side --questions-per-image 5
+  python -m mmchat.evaluate --model "$model" --data data/shapes-test-$side --predictions runs/eval/shapes-test-$side.json
+done

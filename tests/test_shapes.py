@@ -453,3 +453,15 @@ def test_cli_writes_a_data_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     runpy.run_module("mmchat.data.shapes", run_name="__main__", alter_sys=True)
     assert sorted(p.name for p in (out / "images").iterdir()) == ["0.png", "1.png", "2.png"]
     assert len(load_vqa(out)) == 6
+
+
+def test_family_weights_ask_hard_families_more_and_keep_answers_balanced() -> None:
+    rng = random.Random(5)
+    sampler = QuestionSampler(family_weights={"relation": 4.0, "count": 0.0})
+    questions = [q for _ in range(1500) for q in sampler.questions(sample_scene(rng), rng, 1)]
+    families = Counter(q["question_type"] for q in questions)
+    assert families["count"] == 0
+    assert 0.35 < families["relation"] / len(questions) < 0.55, families  # 4 of 9.0: 44 %, uniform: 14 %
+    assert 0.45 <= _shares(questions, "relation")["yes"] <= 0.55
+    with pytest.raises(ValueError, match="family_weights"):
+        QuestionSampler(family_weights={"colour": 2.0})

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from mmchat.data.shapes import COLORS, SHAPES, SIZES
 from mmchat.factory import build_processor
 from mmchat.loading import load_model
-from mmchat.train import PRESETS, main, tokenizer_corpus
+from mmchat.train import PRESETS, main, parse_family_weights, tokenizer_corpus
 
 
 def test_short_run_saves_loadable_model_and_resumes(tmp_path):
@@ -44,3 +46,10 @@ def test_every_answer_of_the_spec_is_one_token_for_a_new_model():
     answers = [*COLORS, *SHAPES, *SIZES, "yes", "no", *map(str, range(7))]
     split = {a: processor.tokenizer.tokenize(a) for a in answers}
     assert all(len(tokens) == 1 for tokens in split.values()), split
+
+
+def test_family_weights_flag():
+    assert parse_family_weights(["relation=3", "count=1.5"]) == {"relation": 3.0, "count": 1.5}
+    assert parse_family_weights([]) is None
+    with pytest.raises(SystemExit, match="FAMILY=WEIGHT"):
+        parse_family_weights(["relations=3"])

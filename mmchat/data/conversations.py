@@ -83,6 +83,7 @@ class ShapesConversations(IterableDataset):
     noise, so that the model learns shapes, colours, sizes and positions rather than the pixels of
     one renderer. `max_objects` and `families` narrow the scenes and questions (still within the
     spec) for a curriculum: a model trained from scratch first learns to find one or two objects.
+    `family_weights` asks some families more often than others (1 where not given).
     """
 
     def __init__(
@@ -93,13 +94,14 @@ class ShapesConversations(IterableDataset):
         side_range: tuple[int, int] = SIDE_RANGE,
         max_objects: int | None = None,
         families: Sequence[str] | None = None,
+        family_weights: dict[str, float] | None = None,
     ):
         self.seed, self.min_turns, self.max_turns, self.side_range = seed, min_turns, max_turns, side_range
-        self.max_objects, self.families = max_objects, families
+        self.max_objects, self.families, self.family_weights = max_objects, families, family_weights
 
     def __iter__(self) -> Iterator[Conversation]:
         rng = _worker_rng(self.seed)
-        sampler = QuestionSampler(self.families)  # balanced answers across scenes, so the image must be read
+        sampler = QuestionSampler(self.families, family_weights=self.family_weights)  # balanced answers across scenes, so the image must be read
         while True:
             side = rng.randint(*self.side_range)
             objects = sample_scene(rng, side)

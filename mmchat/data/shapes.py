@@ -464,9 +464,20 @@ class QuestionSampler:
     keep one per data-loader worker.
     """
 
-    def __init__(self, families: Sequence[str] | None = None, *, round_robin: bool = False) -> None:
+    def __init__(
+        self,
+        families: Sequence[str] | None = None,
+        *,
+        round_robin: bool = False,
+        family_weights: dict[str, float] | None = None,
+    ) -> None:
         self.families = FAMILIES if families is None else _check_families(families)
         self.round_robin = round_robin
+        # Training may ask the hard families more often; answers stay balanced within each family.
+        unknown = set(family_weights or {}) - set(self.families)
+        if unknown or any(w < 0 for w in (family_weights or {}).values()):
+            raise ValueError(f"family_weights must be non-negative weights of {self.families}, got {family_weights}")
+        self.weights = [family_weights.get(f, 1.0) for f in self.families] if family_weights else None
         self._templates = [t for family in self.families for t in _BY_FAMILY[family]]
         self._pending: list[tuple[_Template, str]] = []
         self._drawn = 0
@@ -479,6 +490,8 @@ class QuestionSampler:
     def _draw(self, rng: random.Random) -> tuple[_Template, str]:
         if self.round_robin:
             family = self.families[self._drawn % len(self.families)]
+        elif self.weights:
+            family = rng.choices(self.families, self.weights)[0]
         else:
             family = rng.choice(self.families)
         self._drawn += 1
