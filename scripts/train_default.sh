@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# How models/mmchat-shapes was trained (2 CPU cores, no GPU; about 110 minutes): a short easy stage
+# How models/mmchat-shapes was trained (2 CPU cores, no GPU; about three hours): a short easy stage
 # (scenes of 1-2 objects, no relation/compare questions), so that the from-scratch ViT learns to
 # find objects, then the full ShapesVQA + easy-vqa mix, initialised from the easy stage, then a
-# continuation at a lower learning rate. Run from the repo root; runs/shapes-small-more/final is
-# what ships as models/mmchat-shapes.
+# continuation at a lower learning rate, then a longer one that asks the weak families (relation,
+# count, query_color, query_shape) more often. Run from the repo root; runs/shapes-small-focus/final
+# is what ships as models/mmchat-shapes.
 set -euo pipefail
 python -m mmchat.data.easy_vqa --out data/easy-vqa-train --split train
 common="--preset shapes-small --batch-size 32 --mixed-precision bf16 --threads 2 --min-turns 4 --vqa-data data/easy-vqa-train --vqa-weight 0.25 --log-every 50 --save-every 250"
 python -m mmchat.train --out runs/easy --easy --steps 600 --lr 8e-4 --warmup 100 --gate-init 0.5 --eval-every 600 --eval-images 60 $common
 python -m mmchat.train --out runs/shapes-small --init-from runs/easy/final --steps 5000 --lr 6e-4 --warmup 100 --eval-every 500 --eval-images 60 $common
 python -m mmchat.train --out runs/shapes-small-more --init-from runs/shapes-small/final --steps 1500 --lr 3e-4 --warmup 50 --eval-every 500 --eval-images 60 $common
+python -m mmchat.train --out runs/shapes-small-focus --init-from runs/shapes-small-more/final --steps 5500 --lr 4e-4 --warmup 100 --eval-every 1000 --eval-images 60 $common \
+  --family-weights relation=2.5 count=2 query_color=1.5 query_shape=1.5 query_size=0.75
