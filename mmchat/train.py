@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .align import AlignmentModel, CaptionCollator, ShapesCaptions
 from .config import MMChatConfig
 from .data.conversations import ConversationCollator, Mixture, ShapesConversations, VQAConversations
-from .data.shapes import FAMILIES, sample_question, sample_scene, write_dataset
+from .data.shapes import FAMILIES, family_weight_list, sample_question, sample_scene, write_dataset
 from .data.vqa import VQAExample, load_vqa
 from .evaluate import format_scores, predict
 from .factory import build_from_pretrained
@@ -165,11 +165,15 @@ def set_trainable(model: MMChatForConditionalGeneration, cfg: TrainConfig) -> in
 def parse_family_weights(items: list[str]) -> dict[str, float] | None:
     """["relation=3", "count=2"] -> {"relation": 3.0, "count": 2.0}; families not named weigh 1."""
     weights = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or name not in FAMILIES:
-            raise SystemExit(f"--family-weights takes FAMILY=WEIGHT with FAMILY one of {', '.join(FAMILIES)}; got {item!r}")
-        weights[name] = float(value)
+    try:
+        for item in items:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"no '=' in {item!r}")
+            weights[name] = float(value)
+        family_weight_list(weights)  # checked here, not later inside a data-loader worker
+    except ValueError as e:
+        raise SystemExit(f"--family-weights takes FAMILY=WEIGHT: {e}") from None
     return weights or None
 
 

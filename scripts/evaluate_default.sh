@@ -10,7 +10,8 @@ mkdir -p runs/eval
 python -m mmchat.evaluate --model "$model" --data data/shapes-test --predictions runs/eval/shapes-test.json
 python -m mmchat.evaluate --model "$model" --data data/shapes-test --predictions runs/eval/shapes-test-blind.json --blind
 python -m mmchat.evaluate --model "$model" --data data/easy-vqa-test --predictions runs/eval/easy-vqa-test.json
-for side in 96 512; do
-  [ -f data/shapes-test-$side/annotations.json ] || python -m mmchat.data.shapes --out data/shapes-test-$side --images 100 --seed 2026112$((side / 96)) --side $side --questions-per-image 5
+for split in "96 20261121" "512 20261125"; do
+  read -r side seed <<< "$split"
+  [ -f data/shapes-test-$side/annotations.json ] || python -m mmchat.data.shapes --out data/shapes-test-$side --images 100 --seed $seed --side $side --questions-per-image 5
   python -m mmchat.evaluate --model "$model" --data data/shapes-test-$side --predictions runs/eval/shapes-test-$side.json
 done

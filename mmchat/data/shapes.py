@@ -420,6 +420,18 @@ def _check_families(families: Iterable[str]) -> tuple[str, ...]:
     return chosen
 
 
+def family_weight_list(
+    family_weights: dict[str, float] | None, families: Sequence[str] = FAMILIES
+) -> list[float] | None:
+    """{"relation": 3} -> one weight per family, in `families` order (1 where not named)."""
+    if not family_weights:
+        return None
+    unknown = set(family_weights) - set(families)
+    if unknown or any(w < 0 for w in family_weights.values()):
+        raise ValueError(f"family_weights must be non-negative weights of {', '.join(families)}; got {family_weights}")
+    return [family_weights.get(f, 1.0) for f in families]
+
+
 def _question(template: _Template, answer: str, text: str) -> dict[str, str]:
     return {
         "question": text,
@@ -474,10 +486,7 @@ class QuestionSampler:
         self.families = FAMILIES if families is None else _check_families(families)
         self.round_robin = round_robin
         # Training may ask the hard families more often; answers stay balanced within each family.
-        unknown = set(family_weights or {}) - set(self.families)
-        if unknown or any(w < 0 for w in (family_weights or {}).values()):
-            raise ValueError(f"family_weights must be non-negative weights of {self.families}, got {family_weights}")
-        self.weights = [family_weights.get(f, 1.0) for f in self.families] if family_weights else None
+        self.weights = family_weight_list(family_weights, self.families)
         self._templates = [t for family in self.families for t in _BY_FAMILY[family]]
         self._pending: list[tuple[_Template, str]] = []
         self._drawn = 0
