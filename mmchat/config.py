@@ -30,6 +30,11 @@ class MMChatConfig(PretrainedConfig):
         cross_attention_gate_init (`float`, *optional*, defaults to 0.0):
             Initial value of every tanh gate. 0 makes the fused model start as exactly its LM,
             which is what a pretrained LM needs; an LM trained from scratch has nothing to keep.
+        patch_position_code (`bool`, *optional*, defaults to False):
+            Add a fixed 2-D sincos code, through a learned (D, D) map, to the projected patches of a
+            ViT (one with a `patch_size`), so that cross-attention reads where a patch lies.
+        patch_position_init (`float`, *optional*, defaults to 1.0):
+            That map starts as this multiple of the identity (0: a checkpoint's answers unchanged at first).
         freeze_vision / freeze_language_model (`bool`, *optional*, defaults to False):
             Recorded so a checkpoint says how it was trained; training reads them.
     """
@@ -46,6 +51,8 @@ class MMChatConfig(PretrainedConfig):
         cross_attention_heads: int | None = None,
         cross_attention_mlp_ratio: int = 4,
         cross_attention_gate_init: float = 0.0,
+        patch_position_code: bool = False,
+        patch_position_init: float = 1.0,
         freeze_vision: bool = False,
         freeze_language_model: bool = False,
         **kwargs: Any,
@@ -76,6 +83,13 @@ class MMChatConfig(PretrainedConfig):
         self.cross_attention_heads = heads
         self.cross_attention_mlp_ratio = cross_attention_mlp_ratio
         self.cross_attention_gate_init = cross_attention_gate_init
+        if patch_position_code and not hasattr(self.vision_config, "patch_size"):
+            raise ValueError(
+                f"patch_position_code needs a ViT-like vision encoder with a patch_size; "
+                f"{self.vision_config.model_type} has none"
+            )
+        self.patch_position_code = patch_position_code
+        self.patch_position_init = patch_position_init
         self.freeze_vision = freeze_vision
         self.freeze_language_model = freeze_language_model
         # Generation reads these from the top-level config.

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .align import AlignmentModel, CaptionCollator, ShapesCaptions
 from .config import MMChatConfig
 from .data.conversations import ConversationCollator, Mixture, ShapesConversations, VQAConversations
-from .data.shapes import FAMILIES, family_weight_list, sample_question, sample_scene, write_dataset
+from .data.shapes import EXTRA_FAMILIES, FAMILIES, family_weight_list, sample_question, sample_scene, write_dataset
 from .data.vqa import VQAExample, load_vqa
 from .evaluate import format_scores, predict
 from .factory import build_from_pretrained
@@ -91,6 +91,8 @@ class TrainConfig:
     cross_attention_every: int = 1
     gate_init: float = 0.0  # initial tanh gate value (0: the fused model starts as its LM)
     gate_lr_scale: float = 1.0  # the gates' learning rate, as a multiple of --lr
+    patch_position_code: bool = False  # a 2-D sincos code on the ViT patches (added to --init-from's too)
+    patch_position_init: float = 1.0  # its map starts as this times the identity
     steps: int = 20000
     batch_size: int = 32
     grad_accum: int = 1
@@ -101,7 +103,7 @@ class TrainConfig:
     max_turns: int = 6
     min_turns: int = 1  # set to max_turns for full sequences: no padding, each image encoded once per 6 answers
     shapes_weight: float = 1.0
-    family_weights: list[str] = field(default_factory=list)  # e.g. relation=3 count=2: ask those more often
+    family_weights: list[str] = field(default_factory=list)  # e.g. relation=3 count=2 where=1 (where: training only)
     easy: bool = False  # curriculum stage: scenes of 1-2 objects, no relation/compare questions
     vqa_data: list[str] = field(default_factory=list)
     vqa_weight: float = 0.25
@@ -138,10 +140,16 @@ def tokenizer_corpus(seed: int = 0, n_scenes: int = 3000, extra: list[str] | Non
 
 def new_model(cfg: TrainConfig, vqa_examples: list[VQAExample]) -> tuple[MMChatForConditionalGeneration, MMChatProcessor]:
     if cfg.init_from:
-        return MMChatForConditionalGeneration.from_pretrained(cfg.init_from), MMChatProcessor.from_pretrained(cfg.init_from)
+        config = MMChatConfig.from_pretrained(cfg.init_from)
+        # A code added to a checkpoint without one is initialised; the rest is the checkpoint's.
+        if cfg.patch_position_code and not config.patch_position_code:
+            config.patch_position_code, config.patch_position_init = True, cfg.patch_position_init
+        model = MMChatForConditionalGeneration.from_pretrained(cfg.init_from, config=config)
+        return model, MMChatProcessor.from_pretrained(cfg.init_from)
     preset = PRESETS[cfg.preset]
     extra = [text for ex in vqa_examples[:20000] for text in (ex.question, ex.multiple_choice_answer)]
     fusion = {"cross_attention_every": cfg.cross_attention_every, "cross_attention_gate_init": cfg.gate_init,
+              "patch_position_code": cfg.patch_position_code, "patch_position_init": cfg.patch_position_init,
               **preset.get("fusion", {}),
               "freeze_vision": cfg.freeze_vision, "freeze_language_model": cfg.freeze_language_model}
     return build_from_pretrained(
@@ -171,7 +179,7 @@ def parse_family_weights(items: list[str]) -> dict[str, float] | None:
             if not sep:
                 raise ValueError(f"no '=' in {item!r}")
             weights[name] = float(value)
-        family_weight_list(weights)  # checked here, not later inside a data-loader worker
+        family_weight_list(weights, FAMILIES + EXTRA_FAMILIES)  # checked here, not later inside a data-loader worker
     except ValueError as e:
         raise SystemExit(f"--family-weights takes FAMILY=WEIGHT: {e}") from None
     return weights or None

@@ -158,3 +158,50 @@ def test_a_cnn_vision_tower_gives_placed_cells_and_an_attention_grid(tmp_path):
     prompt = adapter.inputs(Image.new("RGB", (40, 40), "red"), "what color is it?", [])
     grid = adapter.attention_grid(prompt, torch.tensor([5, 6]))
     assert grid.shape == (4, 4) and grid.max() == 1.0
+
+
+def test_patch_position_code_tells_patches_apart_by_where_they_lie(model, tmp_path):
+    """With the ViT's own position embedding zeroed, a flat image gives every patch the same
+    features; the code makes each patch's row and column readable by a linear map."""
+    with torch.no_grad():
+        model.vision_model.embeddings.position_embeddings.zero_()
+    model.save_pretrained(tmp_path)
+    flat = torch.zeros(1, 3, 32, 32)
+    plain = model.encode_images(flat).image_states[0, 1:]  # (16, D): a 4 x 4 grid after the CLS token
+    assert torch.allclose(plain, plain[:1].expand_as(plain), atol=1e-5)
+
+    config = MMChatConfig.from_pretrained(tmp_path)
+    config.patch_position_code = True  # added to a checkpoint that had none
+    coded = MMChatForConditionalGeneration.from_pretrained(tmp_path, config=config).eval()
+    states = coded.encode_images(flat).image_states[0]
+    torch.testing.assert_close(states[0], model.encode_images(flat).image_states[0, 0])  # CLS lies nowhere
+    rows, cols = torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij")
+    where = torch.stack([rows.flatten(), cols.flatten()], 1)  # (16, 2)
+    features = torch.cat([states[1:], torch.ones(16, 1)], 1).detach().double()
+    fit = features @ torch.linalg.lstsq(features, where.double(), driver="gelsd").solution  # rank 6 < 65
+    torch.testing.assert_close(fit, where.double(), atol=1e-6, rtol=0)
+
+    coded.save_pretrained(tmp_path / "coded")
+    reloaded = MMChatForConditionalGeneration.from_pretrained(tmp_path / "coded").eval()
+    x = inputs()
+    torch.testing.assert_close(reloaded(**x).logits, coded(**x).logits)
+
+
+def test_patch_position_code_at_zero_keeps_a_checkpoints_answers(model, tmp_path):
+    open_gates(model)
+    model.save_pretrained(tmp_path)
+    config = MMChatConfig.from_pretrained(tmp_path)
+    config.patch_position_code, config.patch_position_init = True, 0.0
+    coded = MMChatForConditionalGeneration.from_pretrained(tmp_path, config=config).eval()
+    x = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(coded(**x).logits, model(**x).logits)
+    coded.train()
+    coded(**x, labels=x["input_ids"]).loss.backward()
+    assert coded.patch_position.weight.grad.abs().sum() > 0  # it can still learn from there
+
+
+def test_patch_position_code_needs_a_patch_grid():
+    cnn = dict(model_type="resnet", hidden_sizes=[16, 64], depths=[1, 1])
+    with pytest.raises(ValueError, match="patch_size"):
+        MMChatConfig(vision_config=cnn, text_config=TINY_TEXT, patch_position_code=True)

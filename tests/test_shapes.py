@@ -302,6 +302,33 @@ def test_relation_is_only_asked_when_two_objects_can_be_named() -> None:
         sample_question(one, random.Random(0), "colour")
 
 
+def test_where_names_the_cell_of_the_image_an_object_lies_in() -> None:
+    objects = [
+        ShapeObject("circle", "red", "small", 30, 40, 30, image_side=224),
+        ShapeObject("square", "blue", "large", 112, 112, 60, image_side=224),
+        ShapeObject("triangle", "green", "small", 200, 110, 30, image_side=224),
+        ShapeObject("circle", "green", "large", 310, 450, 100, image_side=480),
+    ]
+    answers = {q: a for a, qs in shapes._where(objects).items() for q in qs}
+    assert answers["Where is the red object?"] == "top left"
+    assert answers["Where is the blue square?"] == "center"
+    assert answers["Where is the green triangle?"] == "right"
+    assert answers["Where is the large green circle?"] == "bottom"
+    assert "Where is the green object?" not in answers  # two green objects: "the" would be ambiguous
+
+
+def test_where_is_for_training_only_and_asked_only_when_weighted() -> None:
+    rng = random.Random(3)
+    plain = QuestionSampler()
+    assert all(q["question_type"] != "where" for _ in range(300) for q in plain.questions(sample_scene(rng), rng, 3))
+    sampler = QuestionSampler(family_weights={"where": 3.0})
+    questions = [q for _ in range(600) for q in sampler.questions(sample_scene(rng), rng, 2)]
+    where = _shares(questions, "where")
+    assert len(where) == 9 and max(where.values()) < 0.2  # nine cells, none dominating
+    with pytest.raises(ValueError):
+        sample_question(sample_scene(rng), rng, "colour")
+
+
 def _shares(questions, family: str) -> Counter:
     answers = Counter(q["answer"] for q in questions if q["question_type"] == family)
     total = sum(answers.values())
@@ -465,3 +492,16 @@ def test_family_weights_ask_hard_families_more_and_keep_answers_balanced() -> No
     assert 0.45 <= _shares(questions, "relation")["yes"] <= 0.55
     with pytest.raises(ValueError, match="family_weights"):
         QuestionSampler(family_weights={"colour": 2.0})
+    with pytest.raises(ValueError, match="leave no family"):
+        QuestionSampler(family_weights={f: 0.0 for f in FAMILIES})
+
+
+def test_one_family_alone_never_stalls_on_scenes_that_cannot_host_it() -> None:
+    # Only relation: lone-object scenes host none, and the other families' templates must not make
+    # the sampler think they could (it once queued targets forever here).
+    rng = random.Random(2)
+    sampler = QuestionSampler(family_weights={f: float(f == "relation") for f in FAMILIES})
+    asked = [sampler.questions(sample_scene(rng), rng, 6) for _ in range(200)]
+    assert {q["question_type"] for qs in asked for q in qs} == {"relation"}
+    assert any(not qs for qs in asked)  # lone objects: nothing asked, and no hang
+    assert sampler.pending < 50

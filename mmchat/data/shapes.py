@@ -46,6 +46,10 @@ FAMILIES: tuple[str, ...] = (
     "relation",
     "compare",
 )
+# Outside the spec, for training only: "Where is the red circle?" -> "top left". Asked only when
+# given a weight (`family_weights`); it teaches the model to read where one object lies, the step
+# before comparing two (relation), and never enters a written data set.
+EXTRA_FAMILIES: tuple[str, ...] = ("where",)
 ANSWER_TYPES: dict[str, str] = {
     "count": "number",
     "exist": "yes/no",
@@ -54,6 +58,7 @@ ANSWER_TYPES: dict[str, str] = {
     "query_size": "other",
     "relation": "yes/no",
     "compare": "yes/no",
+    "where": "other",
 }
 
 # Scene rules from the spec; fractions are of the image side.
@@ -88,6 +93,7 @@ class ShapeObject:
     cx: float
     cy: float
     side: float
+    image_side: float = 224  # the scene's side, for positions relative to the image
 
     def phrase(self) -> str:
         """Full description with an article, e.g. "a small red circle"."""
@@ -146,7 +152,7 @@ def sample_scene(rng: random.Random, side: int = 224) -> list[ShapeObject]:
             centres = _place(sides, side, rng)
             if centres is not None:
                 return [
-                    ShapeObject(shape, color, size, x, y, w)
+                    ShapeObject(shape, color, size, x, y, w, side)
                     for (shape, color, size), (x, y), w in zip(kinds, centres, sides, strict=True)
                 ]
 
@@ -351,6 +357,21 @@ def _realise_relation(candidate: tuple[list[str], str, list[str]], rng: random.R
     return f"Is the {rng.choice(first)} {relation} the {rng.choice(second)}?"
 
 
+def _place_name(o: ShapeObject) -> str:
+    """The image cell of the object's centre in thirds: "top left", "top", ..., "center", ..."""
+    row = ("top", "", "bottom")[min(2, int(3 * o.cy / o.image_side))]
+    col = ("left", "", "right")[min(2, int(3 * o.cx / o.image_side))]
+    return f"{row} {col}".strip() or "center"
+
+
+def _where(objects: Sequence[ShapeObject]) -> Options:
+    return _group(
+        (_place_name(o), f"Where is the {d}?")
+        for o, descriptions in zip(objects, _unique_descriptions(objects), strict=True)
+        for d in descriptions
+    )
+
+
 def _compare_colors(objects: Sequence[ShapeObject]) -> Options:
     counts = Counter(o.color for o in objects)
     return _group(
@@ -406,9 +427,14 @@ _TEMPLATES: tuple[_Template, ...] = (
     _Template("relation", _YES_NO, _relation, _realise_relation),
     _Template("compare", _YES_NO, _compare_colors),
     _Template("compare", _YES_NO, _compare_shapes),
+    _Template(
+        "where",
+        tuple(f"{r} {c}".strip() or "center" for r in ("top", "", "bottom") for c in ("left", "", "right")),
+        _where,
+    ),
 )
 _BY_FAMILY: dict[str, tuple[_Template, ...]] = {
-    family: tuple(t for t in _TEMPLATES if t.family == family) for family in FAMILIES
+    family: tuple(t for t in _TEMPLATES if t.family == family) for family in FAMILIES + EXTRA_FAMILIES
 }
 
 
@@ -416,7 +442,7 @@ def _check_families(families: Iterable[str]) -> tuple[str, ...]:
     chosen = tuple(families)
     unknown = [f for f in chosen if f not in _BY_FAMILY]
     if unknown or not chosen:
-        raise ValueError(f"families must be a non-empty subset of {FAMILIES}, got {chosen}")
+        raise ValueError(f"families must be a non-empty subset of {FAMILIES + EXTRA_FAMILIES}, got {chosen}")
     return chosen
 
 
@@ -429,7 +455,10 @@ def family_weight_list(
     unknown = set(family_weights) - set(families)
     if unknown or any(w < 0 for w in family_weights.values()):
         raise ValueError(f"family_weights must be non-negative weights of {', '.join(families)}; got {family_weights}")
-    return [family_weights.get(f, 1.0) for f in families]
+    weights = [family_weights.get(f, 1.0) for f in families]
+    if not any(weights):
+        raise ValueError(f"family_weights leave no family to ask: {family_weights}")
+    return weights
 
 
 def _question(template: _Template, answer: str, text: str) -> dict[str, str]:
@@ -484,9 +513,14 @@ class QuestionSampler:
         family_weights: dict[str, float] | None = None,
     ) -> None:
         self.families = FAMILIES if families is None else _check_families(families)
+        if families is None and family_weights:  # training-only families join when weighted
+            self.families += tuple(f for f in EXTRA_FAMILIES if f in family_weights)
         self.round_robin = round_robin
         # Training may ask the hard families more often; answers stay balanced within each family.
         self.weights = family_weight_list(family_weights, self.families)
+        if self.weights:  # a family weighted 0 is never asked, so it must not count as hostable
+            kept = [(f, w) for f, w in zip(self.families, self.weights) if w > 0]
+            self.families, self.weights = tuple(f for f, _ in kept), [w for _, w in kept]
         self._templates = [t for family in self.families for t in _BY_FAMILY[family]]
         self._pending: list[tuple[_Template, str]] = []
         self._drawn = 0
