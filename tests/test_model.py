@@ -205,3 +205,21 @@ def test_patch_position_code_needs_a_patch_grid():
     cnn = dict(model_type="resnet", hidden_sizes=[16, 64], depths=[1, 1])
     with pytest.raises(ValueError, match="patch_size"):
         MMChatConfig(vision_config=cnn, text_config=TINY_TEXT, patch_position_code=True)
+
+
+def test_position_probe_tells_a_model_that_keeps_place_from_one_that_lost_it(tmp_path):
+    """The probe behind the patch position code: near the centre guess without any position, near
+    zero with the code."""
+    from mmchat.position_probe import probe_error
+
+    model, processor = build_tiny(seed=0)
+    with torch.no_grad():
+        model.vision_model.embeddings.position_embeddings.zero_()
+    lost = probe_error(model.eval(), processor, scenes=60)  # 720 fitted patches for 65 unknowns
+    model.save_pretrained(tmp_path)
+    config = MMChatConfig.from_pretrained(tmp_path)
+    config.patch_position_code = True
+    coded = MMChatForConditionalGeneration.from_pretrained(tmp_path, config=config).eval()
+    kept = probe_error(coded, processor, scenes=60)
+    assert lost[2] == kept[2] == 4  # a 4 x 4 grid
+    assert min(lost[:2]) > 0.9 and max(kept[:2]) < 0.1, (lost, kept)  # guessing the centre errs by 1.0
