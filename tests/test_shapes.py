@@ -329,6 +329,13 @@ def test_where_is_for_training_only_and_asked_only_when_weighted() -> None:
         sample_question(sample_scene(rng), rng, "colour")
 
 
+def test_a_data_set_of_where_questions_can_be_written_to_measure_them(tmp_path: Path) -> None:
+    write_dataset(tmp_path, n_images=12, seed=4, side=96, questions_per_image=2, families=["where"])
+    annotations = json.loads((tmp_path / "annotations.json").read_text())["annotations"]
+    assert len(annotations) == 24 and {a["question_type"] for a in annotations} == {"where"}
+    assert all(a["answer_type"] == "other" for a in annotations)
+
+
 def _shares(questions, family: str) -> Counter:
     answers = Counter(q["answer"] for q in questions if q["question_type"] == family)
     total = sum(answers.values())

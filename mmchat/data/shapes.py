@@ -658,10 +658,12 @@ def write_dataset(
     seed: int,
     side: int = 224,
     questions_per_image: int = 5,
+    families: Sequence[str] | None = None,
 ) -> None:
     """Write a fixed ShapesVQA set in the VQA v2 layout, plus `captions.json`.
 
-    Question ids are `image_id * 1000 + j`; families are drawn round-robin so they are even.
+    Question ids are `image_id * 1000 + j`; families (the spec's seven unless `families` names
+    some, e.g. the training-only "where" to measure it) are drawn round-robin so they are even.
     """
     _check_side(side)
     if not 1 <= questions_per_image < 1000:
@@ -669,7 +671,7 @@ def write_dataset(
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    sampler = QuestionSampler(round_robin=True)
+    sampler = QuestionSampler(families, round_robin=True)
     questions: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     captions: list[dict[str, Any]] = []
@@ -710,8 +712,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--side", type=int, default=224, help=f"image side in {SIDE_RANGE}")
     parser.add_argument("--questions-per-image", type=int, default=5)
+    parser.add_argument("--families", nargs="*", help=f"default: all of {', '.join(FAMILIES)}")
     args = parser.parse_args(argv)
-    write_dataset(args.out, args.images, args.seed, args.side, args.questions_per_image)
+    write_dataset(args.out, args.images, args.seed, args.side, args.questions_per_image, args.families or None)
     print(f"wrote {args.images} images x {args.questions_per_image} questions to {args.out}")
 
 
