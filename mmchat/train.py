@@ -119,6 +119,7 @@ class TrainConfig:
     freeze_vision: bool = False
     freeze_language_model: bool = False
     resume: bool = False
+    stop_at: int = 0  # stop with a checkpoint here, on the --steps schedule; --resume goes on (e.g. with a new mix)
 
 
 def tokenizer_corpus(seed: int = 0, n_scenes: int = 3000, extra: list[str] | None = None) -> list[str]:
@@ -271,7 +272,8 @@ def train(cfg: TrainConfig) -> Path:
     batches = iter(loader)
     bar = tqdm(total=cfg.steps, initial=step, disable=not accelerator.is_main_process, desc="training")
     t0, loss_sum, loss_n, metrics = time.time(), 0.0, 0, {}
-    while step < cfg.steps:
+    end = min(cfg.stop_at, cfg.steps) if cfg.stop_at else cfg.steps
+    while step < end:
         for _ in range(cfg.grad_accum):
             batch = next(batches)
             with accelerator.accumulate(trainee):
@@ -303,7 +305,7 @@ def train(cfg: TrainConfig) -> Path:
             if accelerator.is_main_process:
                 with log_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
-        if step % cfg.save_every == 0 or step == cfg.steps:
+        if step % cfg.save_every == 0 or step == end:
             accelerator.save_state(str(checkpoints / f"step-{step}"))
             keep = sorted(checkpoints.iterdir(), key=lambda p: int(p.name.split("-")[-1]))[:-2]
             if accelerator.is_main_process:
@@ -313,6 +315,9 @@ def train(cfg: TrainConfig) -> Path:
                     old.rmdir()
     bar.close()
     accelerator.wait_for_everyone()
+    if end < cfg.steps:
+        accelerator.print(f"stopped at step {end} of {cfg.steps}; --resume continues from {checkpoints / f'step-{end}'}")
+        return checkpoints / f"step-{end}"
     final = out / "final"
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(trainee)

@@ -9,7 +9,7 @@ import pytest
 from mmchat.data.shapes import COLORS, SHAPES, SIZES
 from mmchat.factory import build_processor
 from mmchat.loading import load_model
-from mmchat.train import PRESETS, main, parse_family_weights, tokenizer_corpus
+from mmchat.train import PRESETS, TrainConfig, lr_lambda, main, parse_family_weights, tokenizer_corpus
 
 
 def test_short_run_saves_loadable_model_and_resumes(tmp_path):
@@ -27,6 +27,20 @@ def test_short_run_saves_loadable_model_and_resumes(tmp_path):
 
     adapter = load_model(out / "final", device="cpu")
     assert adapter.family == "mmchat" and adapter.model.config.text_config.hidden_size == 64
+
+
+def test_a_run_stops_early_on_its_schedule_and_resumes_with_a_new_mix(tmp_path):
+    out = tmp_path / "run"
+    common = ["--out", str(out), "--preset", "tiny", "--batch-size", "4", "--log-every", "1", "--warmup", "1",
+              "--steps", "6", "--save-every", "100", "--eval-every", "100", "--eval-images", "1", "--num-workers", "0"]
+    main([*common, "--stop-at", "3"])
+    assert (out / "checkpoints" / "step-3").exists() and not (out / "final").exists()
+    main([*common, "--resume", "--family-weights", "where=5"])
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    schedule = lr_lambda(TrainConfig(steps=6, warmup=1))
+    assert [r["lr"] for r in log] == pytest.approx([1e-3 * schedule(step) for step in range(1, 7)])
+    assert (out / "final").exists()
 
 
 def test_alignment_stage_then_vqa(tmp_path):
