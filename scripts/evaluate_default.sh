@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The figures in models/mmchat-shapes/README.md: a fresh ShapesVQA test split (seed 20261123, never
 # used in training), its blind baseline (every image blanked), easy-vqa's official test split, and
-# two more fresh splits at the ends of the spec's side range (96 and 512 px).
+# two more fresh splits at the ends of the spec's side range (96 and 512 px), and 300 questions of
+# the training-only "where" family (outside the spec: "Where is the red circle?" -> "top left").
 set -euo pipefail
 model=${1:-models/mmchat-shapes}
 mkdir -p runs/eval
@@ -15,3 +16,5 @@ for split in "96 20261121" "512 20261125"; do
   [ -f data/shapes-test-$side/annotations.json ] || python -m mmchat.data.shapes --out data/shapes-test-$side --images 100 --seed $seed --side $side --questions-per-image 5
   python -m mmchat.evaluate --model "$model" --data data/shapes-test-$side --predictions runs/eval/shapes-test-$side.json
 done
+[ -f data/where-test/annotations.json ] || python -m mmchat.data.shapes --out data/where-test --images 150 --seed 20261126 --families where --questions-per-image 2
+python -m mmchat.evaluate --model "$model" --data data/where-test --predictions runs/eval/where-test.json

@@ -3,8 +3,10 @@
 # (scenes of 1-2 objects, no relation/compare questions), so that the from-scratch ViT learns to
 # find objects, then the full ShapesVQA + easy-vqa mix, initialised from the easy stage, then a
 # continuation at a lower learning rate, then a longer one that asks the weak families (relation,
-# count, query_color, query_shape) more often. Run from the repo root; runs/shapes-small-focus/final
-# is what ships as models/mmchat-shapes.
+# count, query_color, query_shape) more often, then a position stage: a 2-D position code on the
+# ViT patches and training-only "Where is the ...?" questions, its data mix changed twice on one
+# learning-rate schedule (--stop-at, then --resume). Run from the repo root;
+# runs/shapes-small-where/final is what ships as models/mmchat-shapes.
 set -euo pipefail
 python -m mmchat.data.easy_vqa --out data/easy-vqa-train --split train
 common="--preset shapes-small --batch-size 32 --mixed-precision bf16 --threads 2 --min-turns 4 --vqa-data data/easy-vqa-train --vqa-weight 0.25 --log-every 50 --save-every 250"
@@ -13,3 +15,8 @@ python -m mmchat.train --out runs/shapes-small --init-from runs/easy/final --ste
 python -m mmchat.train --out runs/shapes-small-more --init-from runs/shapes-small/final --steps 1500 --lr 3e-4 --warmup 50 --eval-every 500 --eval-images 60 $common
 python -m mmchat.train --out runs/shapes-small-focus --init-from runs/shapes-small-more/final --steps 5500 --lr 4e-4 --warmup 100 --eval-every 1000 --eval-images 60 $common \
   --family-weights relation=2.5 count=2 query_color=1.5 query_shape=1.5 query_size=0.75
+where="--out runs/shapes-small-where --lr 4e-4 --warmup 100 --eval-every 500 --eval-images 60 $common"
+python -m mmchat.train $where --init-from runs/shapes-small-focus/final --patch-position-code --patch-position-init 0.5 \
+  --steps 4000 --stop-at 1000 --family-weights where=2 relation=2.5 count=2 query_size=0.75
+python -m mmchat.train $where --resume --steps 4000 --stop-at 2750 --family-weights where=6 relation=4 count=1.5 query_size=0.75
+python -m mmchat.train $where --resume --steps 5000 --family-weights where=6 relation=4 count=1.5 query_size=0.75

@@ -18,10 +18,10 @@ from mmchat.loading import DEFAULT_MODEL, load_model
 from mmchat.vqa_metric import score_predictions
 
 ROOT = Path(__file__).resolve().parent.parent
-# The model card: 87.3 % on its 1,500-question test split, blind 33.2 %. Room is left for this
+# The model card: 93.3 % on its 1,500-question test split, blind 40.6 %. Room is left for this
 # smaller sample (140 questions); the shipped model must stay well above its own blind baseline.
-MIN_ACCURACY = 75.0
-MIN_GAIN_OVER_BLIND = 30.0
+MIN_ACCURACY = 85.0
+MIN_GAIN_OVER_BLIND = 35.0
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +55,8 @@ def test_the_app_with_no_flags_serves_it_and_answers_its_examples(adapter, tmp_p
     """`python app.py` as a user starts it: the shipped model answers the example questions.
 
     Every answer must be the shipped model's own, as the engine gives it. Not every one need be
-    right: the card gives 96 % on colour questions and 76 % on counting, and this model answers
-    "yellow" for the purple small square in shapes-1.png and counts 3 green objects for 2 in
-    shapes-2.png (both in the card's Limits); it must still get one of them right.
+    right: the card gives 82 % on counting, and this model counts 3 green objects for 2 in
+    shapes-2.png (in the card's Limits); it must get the other two right.
     """
     examples = [e for e in json.loads((ROOT / "assets" / "examples.json").read_text()) if "answer" in e]
     assert len(examples) >= 3
@@ -73,4 +72,4 @@ def test_the_app_with_no_flags_serves_it_and_answers_its_examples(adapter, tmp_p
             assert reply[0] == engine.answer(image, example["question"], settings=greedy)
             answers.append(reply[0])
     right = sum(a == e["answer"] for a, e in zip(answers, examples))
-    assert right >= 1, list(zip(answers, examples))
+    assert right >= 2, list(zip(answers, examples))
