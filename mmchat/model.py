@@ -40,10 +40,10 @@ def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
 class PatchPositionCode(nn.Module):
     """Says where each ViT patch lies: a fixed 2-D sincos code, centred over the grid (a constant
     part would only shift every patch alike), through a learned (D, D) map added to the projected
-    patches. The ViT's own learned position embedding is not enough: in the CPU-trained default
-    model a linear probe could barely read a patch's row or column from its projected features
-    (`python -m mmchat.position_probe`: mean error 2.5 and 2.7 patches of 12; guessing the centre, 3.0),
-    and left/right/above/below stayed at chance.
+    patches. The ViT's own learned position embedding was not enough: in the default model as
+    trained without the code, a linear probe could barely read a patch's row or column from its
+    projected features (`python -m mmchat.position_probe`: mean error 2.5 and 2.7 patches of 12;
+    guessing the centre, 3.0), and left/right/above/below stayed at chance.
     The map starts at `init_scale` times the identity; 0 leaves a checkpoint's answers unchanged
     at first, but then nothing pulls position in (it stayed near zero over 1,000 steps)."""
 
