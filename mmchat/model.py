@@ -50,7 +50,12 @@ class PatchPositionCode(nn.Module):
     def __init__(self, dim: int, init_scale: float = 1.0):
         super().__init__()
         self.init_scale = init_scale
-        self.weight = nn.Parameter(torch.eye(dim) * init_scale)
+        self.weight = nn.Parameter(torch.empty(dim, dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.weight.copy_(torch.eye(self.weight.shape[0]) * self.init_scale)
 
     def forward(self, patches: torch.Tensor, h: int, w: int) -> torch.Tensor:
         B, N, D = patches.shape  # N = h*w patches, after any leading tokens such as a ViT's CLS
@@ -90,8 +95,7 @@ class MMChatPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
         elif isinstance(module, PatchPositionCode):
-            with torch.no_grad():
-                module.weight.copy_(torch.eye(module.weight.shape[0]) * module.init_scale)
+            module.reset_parameters()  # also for a checkpoint that had no code
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)

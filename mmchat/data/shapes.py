@@ -46,9 +46,9 @@ FAMILIES: tuple[str, ...] = (
     "relation",
     "compare",
 )
-# Outside the spec, for training only: "Where is the red circle?" -> "top left". Asked only when
-# given a weight (`family_weights`); it teaches the model to read where one object lies, the step
-# before comparing two (relation), and never enters a written data set.
+# Outside the spec, for training: "Where is the red circle?" -> "top left". Asked only when given
+# a weight (`family_weights`) or named (`write_dataset(families=...)`, to measure it); it teaches
+# the model to read where one object lies, the step before comparing two (relation).
 EXTRA_FAMILIES: tuple[str, ...] = ("where",)
 ANSWER_TYPES: dict[str, str] = {
     "count": "number",
@@ -357,11 +357,17 @@ def _realise_relation(candidate: tuple[list[str], str, list[str]], rng: random.R
     return f"Is the {rng.choice(first)} {relation} the {rng.choice(second)}?"
 
 
+_ROWS, _COLUMNS = ("top", "", "bottom"), ("left", "", "right")
+
+
+def _cell_name(row: int, col: int) -> str:
+    """A cell of the image in thirds: "top left", "top", ..., "center", ..."""
+    return f"{_ROWS[row]} {_COLUMNS[col]}".strip() or "center"
+
+
 def _place_name(o: ShapeObject) -> str:
-    """The image cell of the object's centre in thirds: "top left", "top", ..., "center", ..."""
-    row = ("top", "", "bottom")[min(2, int(3 * o.cy / o.image_side))]
-    col = ("left", "", "right")[min(2, int(3 * o.cx / o.image_side))]
-    return f"{row} {col}".strip() or "center"
+    """The cell of the object's centre."""
+    return _cell_name(min(2, int(3 * o.cy / o.image_side)), min(2, int(3 * o.cx / o.image_side)))
 
 
 def _where(objects: Sequence[ShapeObject]) -> Options:
@@ -427,11 +433,7 @@ _TEMPLATES: tuple[_Template, ...] = (
     _Template("relation", _YES_NO, _relation, _realise_relation),
     _Template("compare", _YES_NO, _compare_colors),
     _Template("compare", _YES_NO, _compare_shapes),
-    _Template(
-        "where",
-        tuple(f"{r} {c}".strip() or "center" for r in ("top", "", "bottom") for c in ("left", "", "right")),
-        _where,
-    ),
+    _Template("where", tuple(_cell_name(r, c) for r in range(3) for c in range(3)), _where),
 )
 _BY_FAMILY: dict[str, tuple[_Template, ...]] = {
     family: tuple(t for t in _TEMPLATES if t.family == family) for family in FAMILIES + EXTRA_FAMILIES
