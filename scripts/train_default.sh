@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# How models/mmchat-shapes was trained (2 CPU cores, no GPU; about three hours): a short easy stage
+# How models/mmchat-shapes was trained (2 CPU cores, no GPU; about four and a half hours): a short easy stage
 # (scenes of 1-2 objects, no relation/compare questions), so that the from-scratch ViT learns to
 # find objects, then the full ShapesVQA + easy-vqa mix, initialised from the easy stage, then a
 # continuation at a lower learning rate, then a longer one that asks the weak families (relation,

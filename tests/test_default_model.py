@@ -56,7 +56,7 @@ def test_the_app_with_no_flags_serves_it_and_answers_its_examples(adapter, tmp_p
 
     Every answer must be the shipped model's own, as the engine gives it. Not every one need be
     right: the card gives 82 % on counting, and this model counts 3 green objects for 2 in
-    shapes-2.png (in the card's Limits); it must get the other two right.
+    shapes-2.png (in the card's Limits); it must get all the others right.
     """
     examples = [e for e in json.loads((ROOT / "assets" / "examples.json").read_text()) if "answer" in e]
     assert len(examples) >= 3
@@ -72,4 +72,4 @@ def test_the_app_with_no_flags_serves_it_and_answers_its_examples(adapter, tmp_p
             assert reply[0] == engine.answer(image, example["question"], settings=greedy)
             answers.append(reply[0])
     right = sum(a == e["answer"] for a, e in zip(answers, examples))
-    assert right >= 2, list(zip(answers, examples))
+    assert right >= len(examples) - 1, list(zip(answers, examples))
