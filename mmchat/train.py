@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .align import AlignmentModel, CaptionCollator, ShapesCaptions
+from .centres import CentreModel, centre_grid
 from .config import MMChatConfig
 from .data.conversations import ConversationCollator, Mixture, ShapesConversations, VQAConversations
 from .data.shapes import EXTRA_FAMILIES, FAMILIES, family_weight_list, sample_question, sample_scene, write_dataset
@@ -120,6 +121,7 @@ class TrainConfig:
     freeze_language_model: bool = False
     resume: bool = False
     stop_at: int = 0  # stop with a checkpoint here, on the --steps schedule; --resume goes on (e.g. with a new mix)
+    centre_loss: float = 0.0  # weight of the auxiliary object-centre loss on the patches (mmchat.centres); 0: off
 
 
 def tokenizer_corpus(seed: int = 0, n_scenes: int = 3000, extra: list[str] | None = None) -> list[str]:
@@ -240,7 +242,12 @@ def train(cfg: TrainConfig) -> Path:
         if vqa_examples:
             sources.append(VQAConversations(vqa_examples, seed + 1, cfg.max_turns, cfg.min_turns))
             weights.append(cfg.vqa_weight)
-        trainee, data, collate = model, Mixture(sources, weights, seed), ConversationCollator(processor)
+        data = Mixture(sources, weights, seed)
+        if cfg.centre_loss:
+            trainee = CentreModel(model, cfg.centre_loss)
+            collate = ConversationCollator(processor, centre_grid=centre_grid(model))
+        else:
+            trainee, collate = model, ConversationCollator(processor)
     loader = DataLoader(data, batch_size=cfg.batch_size, collate_fn=collate,
                         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
     trainable = [(n, p) for n, p in trainee.named_parameters() if p.requires_grad]
@@ -298,7 +305,7 @@ def train(cfg: TrainConfig) -> Path:
             loss_sum, loss_n = 0.0, 0
             if cfg.stage == "vqa" and (step % cfg.eval_every == 0 or step == cfg.steps):
                 if accelerator.is_main_process:
-                    scores = evaluate_model(accelerator.unwrap_model(trainee), processor, eval_examples)
+                    scores = evaluate_model(model, processor, eval_examples)
                     record["eval_accuracy"] = round(scores["overall"], 2)
                     record["eval_per_family"] = {k: round(v, 1) for k, v in scores["per_question_type"].items()}
                     accelerator.print(f"\nstep {step}: " + format_scores(scores).replace("\n", " | "))
@@ -320,8 +327,7 @@ def train(cfg: TrainConfig) -> Path:
         return checkpoints / f"step-{end}"
     final = out / "final"
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(trainee)
-        (unwrapped.model if cfg.stage == "align" else unwrapped).save_pretrained(final)
+        model.save_pretrained(final)  # the plain model: training-only heads stay behind
         processor.save_pretrained(final)
         accelerator.print(f"saved {final}")
     return final

@@ -17,7 +17,8 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..processing import MMChatProcessor, load_image
-from .shapes import SIDE_RANGE, QuestionSampler, render_scene, sample_scene
+from .centre_targets import centre_targets
+from .shapes import SIDE_RANGE, QuestionSampler, ShapeObject, render_scene, sample_scene
 from .vqa import VQAExample
 
 IGNORE_INDEX = -100
@@ -27,6 +28,7 @@ IGNORE_INDEX = -100
 class Conversation:
     image: Image.Image
     turns: list[tuple[str, str]]  # (question, answer)
+    objects: list[ShapeObject] | None = None  # the rendered scene, where known: for the centre loss
 
 
 def encode_conversation(processor: MMChatProcessor, turns: Sequence[tuple[str, str]]) -> tuple[list[int], list[int]]:
@@ -44,11 +46,15 @@ def encode_conversation(processor: MMChatProcessor, turns: Sequence[tuple[str, s
 
 
 class ConversationCollator:
-    """Conversations -> a padded batch with pixel_values and labels (right padding for training)."""
+    """Conversations -> a padded batch with pixel_values and labels (right padding for training).
 
-    def __init__(self, processor: MMChatProcessor, max_length: int = 512):
+    With `centre_grid`, also `centre_targets`: each patch's object-centre class (`mmchat.centres`).
+    """
+
+    def __init__(self, processor: MMChatProcessor, max_length: int = 512, centre_grid: int | None = None):
         self.processor = processor
         self.max_length = max_length
+        self.centre_grid = centre_grid
 
     def __call__(self, conversations: list[Conversation]) -> dict[str, torch.Tensor]:
         encoded = [encode_conversation(self.processor, c.turns) for c in conversations]
@@ -63,12 +69,15 @@ class ConversationCollator:
             labels[i, : len(lab)] = torch.tensor(lab)
             attention_mask[i, : len(ids)] = 1
         pixel_values = self.processor.image_processor([c.image for c in conversations], return_tensors="pt")
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
             "pixel_values": pixel_values["pixel_values"],
         }
+        if self.centre_grid:
+            batch["centre_targets"] = centre_targets([c.objects for c in conversations], self.centre_grid)
+        return batch
 
 
 def _worker_rng(seed: int) -> random.Random:
@@ -111,7 +120,7 @@ class ShapesConversations(IterableDataset):
             k = rng.randint(self.min_turns, self.max_turns)
             turns = [(q["question"], q["answer"]) for q in sampler.questions(objects, rng, k)]
             if turns:
-                yield Conversation(image, turns)
+                yield Conversation(image, turns, objects)
 
 
 class VQAConversations(IterableDataset):
