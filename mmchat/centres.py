@@ -2,14 +2,17 @@
 
 Why: cross-attention is a softmax, a weighted *average* over the patches, so a question like
 "How many red objects are there?" is most easily answered from how much of the image is red.
-The default model learned exactly that: it counted a single large object as two (73 % right
-when one of the counted objects was large, 95 % when none was; `python -m mmchat.count_probe`).
-Counting objects instead needs one mark per object, whatever its size. The renderer knows where
-every object's centre is, so a linear head on the projected patches (the keys and values every
-fused layer reads) is trained to say, for each patch, "no centre here" or which kind of object
-(colour, shape, size) has its centre in it. Then "how many" can be read as the share of the
-fixed number of patches that carry a matching centre mark. The head exists only while training
-(like the alignment heads); the checkpoint saved afterwards is the plain model.
+The model shipped before this loss leaned that way (`python -m mmchat.count_probe`): 83 % right
+when all the counted objects were small, 75 % when one was large, and three in four of its wrong
+answers counted too many. Counting objects rather than area needs one mark per object, whatever
+its size. The renderer knows where every object's centre is, so a linear head on the projected
+patches (the keys and values every fused layer reads) is trained to say, for each patch, "no
+centre here" or which kind of object (colour, shape, size) has its centre there; "how many" can
+then be read as the share of the fixed number of patches that carry a matching mark.
+The head exists only while training (like the alignment heads); the saved checkpoint is the
+plain model. In its one trial (1,000 steps from the shipped model, weight 0.25) it did not help:
+the head found the right number of centres in about 5 % of images, and counting scored 83.8 %
+on the count probe against 86.8 % for the same run without it (the model card has the details).
 """
 
 from __future__ import annotations

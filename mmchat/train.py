@@ -121,6 +121,7 @@ class TrainConfig:
     freeze_language_model: bool = False
     resume: bool = False
     stop_at: int = 0  # stop with a checkpoint here, on the --steps schedule; --resume goes on (e.g. with a new mix)
+    max_minutes: float = 0.0  # end the run (saving final) once training has run this long; 0: no limit
     centre_loss: float = 0.0  # weight of the auxiliary object-centre loss on the patches (mmchat.centres); 0: off
 
 
@@ -206,6 +207,12 @@ def evaluate_model(model, processor, examples: list[VQAExample], batch_size: int
     return score_predictions(predictions, examples)
 
 
+def out_of_time(accelerator: Accelerator, t0: float, minutes: float) -> bool:
+    """Whether any process has trained for `minutes`: all stop at the same step, or DDP would hang."""
+    late = torch.tensor(float(time.time() - t0 > 60 * minutes), device=accelerator.device)
+    return accelerator.gather(late).max().item() > 0
+
+
 def train(cfg: TrainConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -280,6 +287,7 @@ def train(cfg: TrainConfig) -> Path:
     bar = tqdm(total=cfg.steps, initial=step, disable=not accelerator.is_main_process, desc="training")
     t0, loss_sum, loss_n, metrics = time.time(), 0.0, 0, {}
     end = min(cfg.stop_at, cfg.steps) if cfg.stop_at else cfg.steps
+    timed_out = False
     while step < end:
         for _ in range(cfg.grad_accum):
             batch = next(batches)
@@ -297,13 +305,16 @@ def train(cfg: TrainConfig) -> Path:
             loss_n += 1
         step += 1
         bar.update(1)
-        if step % cfg.log_every == 0:
+        if cfg.max_minutes and out_of_time(accelerator, t0, cfg.max_minutes):
+            accelerator.print(f"\n--max-minutes {cfg.max_minutes}: ending the run at step {step}")
+            end, timed_out = step, True
+        if step % cfg.log_every == 0 or step == end:  # the last step too, however the run ends
             loss_avg = accelerator.gather(torch.tensor(loss_sum / loss_n, device=accelerator.device)).mean().item()
             record = {"step": step, "loss": round(loss_avg, 4), "lr": scheduler.get_last_lr()[0],
                       "elapsed_s": round(time.time() - t0, 1), **metrics}
             bar.set_postfix(loss=f"{loss_avg:.4f}")
             loss_sum, loss_n = 0.0, 0
-            if cfg.stage == "vqa" and (step % cfg.eval_every == 0 or step == cfg.steps):
+            if cfg.stage == "vqa" and (step % cfg.eval_every == 0 or step == end):
                 if accelerator.is_main_process:
                     scores = evaluate_model(model, processor, eval_examples)
                     record["eval_accuracy"] = round(scores["overall"], 2)
@@ -322,7 +333,7 @@ def train(cfg: TrainConfig) -> Path:
                     old.rmdir()
     bar.close()
     accelerator.wait_for_everyone()
-    if end < cfg.steps:
+    if end < cfg.steps and not timed_out:
         accelerator.print(f"stopped at step {end} of {cfg.steps}; --resume continues from {checkpoints / f'step-{end}'}")
         return checkpoints / f"step-{end}"
     final = out / "final"

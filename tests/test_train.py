@@ -67,3 +67,13 @@ def test_family_weights_flag():
     assert parse_family_weights([]) is None
     with pytest.raises(SystemExit, match="FAMILY=WEIGHT"):
         parse_family_weights(["relations=3"])
+
+
+def test_a_time_limit_ends_the_run_early_with_a_saved_model(tmp_path):
+    out = tmp_path / "run"
+    main(["--out", str(out), "--preset", "tiny", "--batch-size", "2", "--steps", "1000", "--log-every", "1",
+          "--eval-every", "1000", "--save-every", "1000", "--eval-images", "1", "--num-workers", "0",
+          "--max-minutes", "0.00001"])
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1]  # ended after its first step, not at step 1,000
+    assert load_model(out / "final", device="cpu").family == "mmchat"
