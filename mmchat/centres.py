@@ -2,7 +2,7 @@
 
 Why: cross-attention is a softmax, a weighted *average* over the patches, so a question like
 "How many red objects are there?" is most easily answered from how much of the image is red.
-The model shipped before this loss leaned that way (`python -m mmchat.count_probe`): 83 % right
+The model shipped before the count stages leaned that way (`python -m mmchat.count_probe`): 83 % right
 when all the counted objects were small, 75 % when one was large, and three in four of its wrong
 answers counted too many. Counting objects rather than area needs one mark per object, whatever
 its size. The renderer knows where every object's centre is, so a linear head on the projected
