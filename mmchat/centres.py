@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.centre_targets import IGNORE_INDEX, KINDS
+from .data.conversations import IGNORE_INDEX, KINDS
 from .model import MMChatForConditionalGeneration
 
 

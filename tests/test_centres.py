@@ -8,8 +8,7 @@ import random
 import torch
 
 from mmchat.centres import CentreModel, centre_grid
-from mmchat.data.centre_targets import IGNORE_INDEX, KINDS, centre_targets
-from mmchat.data.conversations import Conversation, ConversationCollator
+from mmchat.data.conversations import IGNORE_INDEX, KINDS, Conversation, ConversationCollator, centre_targets
 from mmchat.data.shapes import ShapeObject, render_scene
 from mmchat.factory import build_tiny
 from mmchat.loading import load_model

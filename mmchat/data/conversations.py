@@ -17,8 +17,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..processing import MMChatProcessor, load_image
-from .centre_targets import centre_targets
-from .shapes import SIDE_RANGE, QuestionSampler, ShapeObject, render_scene, sample_scene
+from .shapes import COLORS, SHAPES, SIDE_RANGE, SIZES, QuestionSampler, ShapeObject, render_scene, sample_scene
 from .vqa import VQAExample
 
 IGNORE_INDEX = -100
@@ -43,6 +42,31 @@ def encode_conversation(processor: MMChatProcessor, turns: Sequence[tuple[str, s
         input_ids += prompt_ids + reply
         labels += [IGNORE_INDEX] * len(prompt_ids) + reply
     return input_ids, labels
+
+
+# Class 0: no object centre in this patch; then one class per (colour, shape, size).
+KINDS: tuple[tuple[str, str, str], ...] = tuple((c, s, z) for c in COLORS for s in SHAPES for z in SIZES)
+_KIND_INDEX = {kind: i + 1 for i, kind in enumerate(KINDS)}
+
+
+def centre_targets(scenes: Sequence[Sequence[ShapeObject] | None], grid: int) -> torch.Tensor:
+    """The centre loss's targets (`mmchat.centres`): (B, grid*grid) class per patch, row-major;
+    rows of images without a known scene are ignored.
+
+    No two centres share a patch at the default grid (12 x 12): boxes of at least 12 % of the side
+    that do not overlap have centres at least 12 % apart on one axis, more than a patch's 8.3 %.
+    """
+    targets = torch.full((len(scenes), grid * grid), IGNORE_INDEX, dtype=torch.long)
+    for i, objects in enumerate(scenes):
+        if objects is None:
+            continue
+        targets[i] = 0
+        for o in objects:
+            # The image is resized to the model's square input, so relative positions carry over.
+            row = min(int(o.cy / o.image_side * grid), grid - 1)
+            col = min(int(o.cx / o.image_side * grid), grid - 1)
+            targets[i, row * grid + col] = _KIND_INDEX[(o.color, o.shape, o.size)]
+    return targets
 
 
 class ConversationCollator:
