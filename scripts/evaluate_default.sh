@@ -2,7 +2,9 @@
 # The figures in models/mmchat-shapes/README.md: a fresh ShapesVQA test split (seed 20261123, never
 # used in training), its blind baseline (every image blanked), easy-vqa's official test split, and
 # two more fresh splits at the ends of the spec's side range (96 and 512 px), and 300 questions of
-# the training-only "where" family (outside the spec: "Where is the red circle?" -> "top left").
+# the training-only "where" family (outside the spec: "Where is the red circle?" -> "top left"), and
+# a split from benchmarks/independent_shapes.py, a second renderer of the spec written from the spec
+# alone (its own rasteriser, triangles, noise and question sampler), at 224 and 96 px.
 set -euo pipefail
 model=${1:-models/mmchat-shapes}
 mkdir -p runs/eval
@@ -18,3 +20,8 @@ for split in "96 20261121" "512 20261125"; do
 done
 [ -f data/where-test/annotations.json ] || python -m mmchat.data.shapes --out data/where-test --images 150 --seed 20261126 --families where --questions-per-image 2
 python -m mmchat.evaluate --model "$model" --data data/where-test --predictions runs/eval/where-test.json
+for split in "224 20261127" "96 20261128"; do
+  read -r side seed <<< "$split"
+  [ -f data/independent-test-$side/annotations.json ] || python benchmarks/independent_shapes.py --out data/independent-test-$side --images 500 --seed $seed --side $side
+  python -m mmchat.evaluate --model "$model" --data data/independent-test-$side --predictions runs/eval/independent-test-$side.json
+done
