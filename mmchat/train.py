@@ -16,6 +16,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,13 @@ from tqdm.auto import tqdm
 from .align import AlignmentModel, CaptionCollator, ShapesCaptions
 from .centres import CentreModel, centre_grid
 from .config import MMChatConfig
-from .data.conversations import ConversationCollator, Mixture, ShapesConversations, VQAConversations
+from .data.conversations import (
+    ConversationCollator,
+    Mixture,
+    ShapesConversations,
+    VQAConversations,
+    object_count_weights,
+)
 from .data.shapes import EXTRA_FAMILIES, FAMILIES, family_weight_list, sample_question, sample_scene, write_dataset
 from .data.vqa import VQAExample, load_vqa
 from .evaluate import format_scores, predict
@@ -105,6 +112,7 @@ class TrainConfig:
     min_turns: int = 1  # set to max_turns for full sequences: no padding, each image encoded once per 6 answers
     shapes_weight: float = 1.0
     family_weights: list[str] = field(default_factory=list)  # e.g. relation=3 count=2 where=1 (where: training only)
+    object_weights: list[str] = field(default_factory=list)  # e.g. 5=2 6=2: crowded scenes more often (training only)
     easy: bool = False  # curriculum stage: scenes of 1-2 objects, no relation/compare questions
     vqa_data: list[str] = field(default_factory=list)
     vqa_weight: float = 0.25
@@ -113,7 +121,7 @@ class TrainConfig:
     eval_every: int = 1000
     save_every: int = 1000
     log_every: int = 50
-    seed: int = 0
+    seed: int = 0  # give each --init-from stage its own: with the same seed it replays the last stage's conversations
     mixed_precision: str = "no"  # "bf16" on a GPU
     num_workers: int = 1
     threads: int = 0  # torch CPU threads; 0 keeps torch's default. 1 is fastest on a busy 2-core machine
@@ -174,19 +182,32 @@ def set_trainable(model: MMChatForConditionalGeneration, cfg: TrainConfig) -> in
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def parse_family_weights(items: list[str]) -> dict[str, float] | None:
-    """["relation=3", "count=2"] -> {"relation": 3.0, "count": 2.0}; families not named weigh 1."""
+def _key_weights(items: list[str], key: type, flag: str, check: Callable[[dict], object]) -> dict | None:
+    """["relation=3", "count=1.5"] -> {"relation": 3.0, "count": 1.5}, checked by `check` now rather
+    than later inside a data-loader worker; a bad item ends the run with what `flag` takes."""
     weights = {}
     try:
         for item in items:
             name, sep, value = item.partition("=")
             if not sep:
                 raise ValueError(f"no '=' in {item!r}")
-            weights[name] = float(value)
-        family_weight_list(weights, FAMILIES + EXTRA_FAMILIES)  # checked here, not later inside a data-loader worker
+            weights[key(name)] = float(value)
+        check(weights)
     except ValueError as e:
-        raise SystemExit(f"--family-weights takes FAMILY=WEIGHT: {e}") from None
+        raise SystemExit(f"{flag}: {e}") from None
     return weights or None
+
+
+def parse_family_weights(items: list[str]) -> dict[str, float] | None:
+    """["relation=3", "count=2"] -> {"relation": 3.0, "count": 2.0}; families not named weigh 1."""
+    return _key_weights(
+        items, str, "--family-weights takes FAMILY=WEIGHT", lambda w: family_weight_list(w, FAMILIES + EXTRA_FAMILIES)
+    )
+
+
+def parse_object_weights(items: list[str]) -> dict[int, float] | None:
+    """["5=2", "6=2"] -> {5: 2.0, 6: 2.0}; object counts not named weigh 1."""
+    return _key_weights(items, int, "--object-weights takes COUNT=WEIGHT", object_count_weights)
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -244,7 +265,10 @@ def train(cfg: TrainConfig) -> Path:
     else:
         easy = {"max_objects": 2, "families": EASY_FAMILIES} if cfg.easy else {}
         family_weights = parse_family_weights(cfg.family_weights)
-        shapes = ShapesConversations(seed, cfg.max_turns, cfg.min_turns, family_weights=family_weights, **easy)
+        shapes = ShapesConversations(
+            seed, cfg.max_turns, cfg.min_turns, family_weights=family_weights,
+            object_weights=parse_object_weights(cfg.object_weights), **easy,
+        )
         sources, weights = [shapes], [cfg.shapes_weight]
         if vqa_examples:
             sources.append(VQAConversations(vqa_examples, seed + 1, cfg.max_turns, cfg.min_turns))

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from mmchat.data import shapes
+from mmchat.data.conversations import ShapesConversations
 from mmchat.data.shapes import (
     COLORS,
     FAMILIES,
@@ -145,6 +146,19 @@ def test_scene_attributes_are_uniform() -> None:
         shares = Counter(getattr(o, attr) for o in objects)
         for value in values:
             assert abs(shares[value] / len(objects) - 1 / len(values)) < 0.03, (attr, shares)
+
+
+def test_training_can_draw_crowded_scenes_more_often() -> None:
+    """--object-weights: counting errs most in crowded scenes, so training may draw them more often."""
+    stream = iter(ShapesConversations(seed=0, side_range=(96, 96), object_weights={1: 0, 2: 0, 3: 0, 4: 0, 6: 3}))
+    counts = Counter(len(next(stream).objects) for _ in range(200))
+    assert set(counts) == {5, 6} and 0.65 < counts[6] / 200 < 0.85, counts
+    with pytest.raises(ValueError, match="object counts must be in"):
+        ShapesConversations(seed=0, object_weights={7: 1.0})
+    with pytest.raises(ValueError, match="all 0"):
+        ShapesConversations(seed=0, object_weights=dict.fromkeys(range(1, 7), 0.0))
+    with pytest.raises(ValueError, match="n_objects"):
+        sample_scene(random.Random(0), 224, n_objects=0)
 
 
 @pytest.mark.parametrize("side", [95, 513])

@@ -9,7 +9,15 @@ import pytest
 from mmchat.data.shapes import COLORS, SHAPES, SIZES
 from mmchat.factory import build_processor
 from mmchat.loading import load_model
-from mmchat.train import PRESETS, TrainConfig, lr_lambda, main, parse_family_weights, tokenizer_corpus
+from mmchat.train import (
+    PRESETS,
+    TrainConfig,
+    lr_lambda,
+    main,
+    parse_family_weights,
+    parse_object_weights,
+    tokenizer_corpus,
+)
 
 
 def test_short_run_saves_loadable_model_and_resumes(tmp_path):
@@ -67,6 +75,15 @@ def test_family_weights_flag():
     assert parse_family_weights([]) is None
     with pytest.raises(SystemExit, match="FAMILY=WEIGHT"):
         parse_family_weights(["relations=3"])
+
+
+def test_object_weights_flag():
+    assert parse_object_weights(["5=2", "6=2.5"]) == {5: 2.0, 6: 2.5}
+    assert parse_object_weights([]) is None
+    with pytest.raises(SystemExit, match="COUNT=WEIGHT.*got \\[7\\]"):
+        parse_object_weights(["7=1"])
+    with pytest.raises(SystemExit, match="COUNT=WEIGHT"):
+        parse_object_weights(["many=2"])
 
 
 def test_a_time_limit_ends_the_run_early_with_a_saved_model(tmp_path):

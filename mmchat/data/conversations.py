@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..processing import MMChatProcessor, load_image
-from .shapes import COLORS, SHAPES, SIDE_RANGE, SIZES, QuestionSampler, ShapeObject, render_scene, sample_scene
+from .shapes import COLORS, OBJECT_COUNT_RANGE, SHAPES, SIDE_RANGE, SIZES, QuestionSampler, ShapeObject, render_scene, sample_scene
 from .vqa import VQAExample
 
 IGNORE_INDEX = -100
@@ -104,6 +104,20 @@ class ConversationCollator:
         return batch
 
 
+def object_count_weights(weights: dict[int, float]) -> tuple[list[int], list[float]]:
+    """{5: 2.0, 6: 2.0} -> ([1, ..., 6], [1, 1, 1, 1, 2, 2]): every count the spec allows, 1 where not named."""
+    counts = list(range(OBJECT_COUNT_RANGE[0], OBJECT_COUNT_RANGE[1] + 1))
+    unknown = set(weights) - set(counts)
+    if unknown:
+        raise ValueError(f"object counts must be in {OBJECT_COUNT_RANGE}, got {sorted(unknown)}")
+    if any(w < 0 for w in weights.values()):
+        raise ValueError(f"object weights must not be negative: {weights}")
+    values = [weights.get(n, 1.0) for n in counts]
+    if not any(values):
+        raise ValueError("object weights are all 0: no scene could be drawn")
+    return counts, values
+
+
 def _worker_rng(seed: int) -> random.Random:
     info = get_worker_info()
     return random.Random(seed * 1000 + (info.id if info is not None else 0))
@@ -116,7 +130,9 @@ class ShapesConversations(IterableDataset):
     noise, so that the model learns shapes, colours, sizes and positions rather than the pixels of
     one renderer. `max_objects` and `families` narrow the scenes and questions (still within the
     spec) for a curriculum: a model trained from scratch first learns to find one or two objects.
-    `family_weights` asks some families more often than others (1 where not given).
+    `family_weights` asks some families more often than others (1 where not given);
+    `object_weights` ({number of objects: weight}, 1 where not given) draws crowded scenes more
+    often than the spec's uniform 1-6, for training only: counting errs most where objects crowd.
     """
 
     def __init__(
@@ -128,16 +144,19 @@ class ShapesConversations(IterableDataset):
         max_objects: int | None = None,
         families: Sequence[str] | None = None,
         family_weights: dict[str, float] | None = None,
+        object_weights: dict[int, float] | None = None,
     ):
         self.seed, self.min_turns, self.max_turns, self.side_range = seed, min_turns, max_turns, side_range
         self.max_objects, self.families, self.family_weights = max_objects, families, family_weights
+        self.object_counts = object_count_weights(object_weights) if object_weights else None
 
     def __iter__(self) -> Iterator[Conversation]:
         rng = _worker_rng(self.seed)
         sampler = QuestionSampler(self.families, family_weights=self.family_weights)  # balanced answers across scenes, so the image must be read
         while True:
             side = rng.randint(*self.side_range)
-            objects = sample_scene(rng, side)
+            n = rng.choices(*self.object_counts)[0] if self.object_counts else None
+            objects = sample_scene(rng, side, n)
             if self.max_objects is not None and len(objects) > self.max_objects:
                 continue
             image = render_scene(objects, rng, side, supersample=rng.choice((1, 2, 4)), shared_noise=rng.random() < 0.3)

@@ -140,10 +140,12 @@ def _place(sides: Sequence[float], side: int, rng: random.Random) -> list[tuple[
     return centres
 
 
-def sample_scene(rng: random.Random, side: int = 224) -> list[ShapeObject]:
-    """Draw 1-6 objects (count uniform) with uniform shape, colour and size, validly placed."""
+def sample_scene(rng: random.Random, side: int = 224, n_objects: int | None = None) -> list[ShapeObject]:
+    """Draw 1-6 objects (count uniform, or `n_objects`) with uniform shape, colour and size, validly placed."""
     _check_side(side)
-    n = rng.randint(*OBJECT_COUNT_RANGE)
+    if n_objects is not None and not OBJECT_COUNT_RANGE[0] <= n_objects <= OBJECT_COUNT_RANGE[1]:
+        raise ValueError(f"n_objects must be in {OBJECT_COUNT_RANGE}, got {n_objects}")
+    n = rng.randint(*OBJECT_COUNT_RANGE) if n_objects is None else n_objects
     while True:
         kinds = [(rng.choice(SHAPES), rng.choice(_COLOR_NAMES), rng.choice(SIZES)) for _ in range(n)]
         sides = [rng.uniform(*SIZE_RANGES[size]) * side for _, _, size in kinds]
