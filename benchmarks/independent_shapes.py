@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 # --------------------------------------------------------------------------- vocabulary
+# Copied from the spec on purpose, not imported from mmchat: this renderer must not share its code.
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
