@@ -113,6 +113,7 @@ class TrainConfig:
     shapes_weight: float = 1.0
     family_weights: list[str] = field(default_factory=list)  # e.g. relation=3 count=2 where=1 (where: training only)
     object_weights: list[str] = field(default_factory=list)  # e.g. 5=2 6=2: crowded scenes more often (training only)
+    more_variety: bool = False  # more small sides, equilateral triangles, noise over objects (all within the spec)
     easy: bool = False  # curriculum stage: scenes of 1-2 objects, no relation/compare questions
     vqa_data: list[str] = field(default_factory=list)
     vqa_weight: float = 0.25
@@ -267,7 +268,7 @@ def train(cfg: TrainConfig) -> Path:
         family_weights = parse_family_weights(cfg.family_weights)
         shapes = ShapesConversations(
             seed, cfg.max_turns, cfg.min_turns, family_weights=family_weights,
-            object_weights=parse_object_weights(cfg.object_weights), **easy,
+            object_weights=parse_object_weights(cfg.object_weights), more_variety=cfg.more_variety, **easy,
         )
         sources, weights = [shapes], [cfg.shapes_weight]
         if vqa_examples:

@@ -195,6 +195,40 @@ def test_object_centres_have_the_named_colour(side: int) -> None:
 RENDER_VARIANTS = [{}, {"supersample": 1}, {"supersample": 2, "shared_noise": True}]
 
 
+def test_equilateral_triangles_sit_centred_in_their_box() -> None:
+    """triangle_height=0.87: the same base, a shorter triangle, its apex and base pulled in."""
+    obj = ShapeObject("triangle", "red", "large", 112.0, 112.0, 64.0, 224)
+    rows = {}
+    for height in (1.0, 0.87):
+        pixels = np.asarray(render_scene([obj], random.Random(0), 224, triangle_height=height))
+        red = np.abs(pixels.astype(int) - COLORS["red"]).max(axis=-1) <= 30
+        ys = np.nonzero(red[:, 112])[0]
+        rows[height] = (ys.min(), ys.max())
+    # The box spans rows 80-143; 0.87 leaves about 4 rows empty above and below (the apex's
+    # first, faint anti-aliased row falls under the colour threshold).
+    assert rows[1.0][0] <= 82 and rows[1.0][1] == 143, rows
+    assert rows[0.87][0] >= 85 and rows[0.87][1] <= 139, rows
+
+
+def test_noise_can_cover_the_objects_at_the_same_strength() -> None:
+    """noise_over_objects: the objects are noisy too, and the background no noisier than before."""
+    obj = ShapeObject("square", "blue", "large", 112.0, 112.0, 64.0, 224)
+    spread = {}
+    for over in (False, True):
+        rng = random.Random(5)  # draws noise sigma 2.9
+        pixels = np.asarray(render_scene([obj], rng, 224, noise_over_objects=over)).astype(float)
+        spread[over] = (pixels[90:134, 90:134].std(axis=(0, 1)).max(), pixels[:60, :60].std(axis=(0, 1)).max())
+    assert spread[False][0] == 0 and spread[True][0] > 1, spread
+    assert abs(spread[True][1] - spread[False][1]) < 0.3 * spread[False][1], spread
+
+
+def test_more_variety_draws_small_sides_more_often() -> None:
+    """A third of the scenes at 96-160 px, against an eighth when sides are uniform over 96-512."""
+    stream = iter(ShapesConversations(seed=0, more_variety=True))
+    small = sum(next(stream).image.size[0] <= 160 for _ in range(150)) / 150
+    assert 0.3 < small < 0.6, small
+
+
 @pytest.mark.parametrize("variant", RENDER_VARIANTS)
 def test_shapes_are_drawn_as_specified(variant: dict) -> None:
     """Circles leave box corners empty, squares fill them, triangles stand apex up."""

@@ -133,6 +133,9 @@ class ShapesConversations(IterableDataset):
     `family_weights` asks some families more often than others (1 where not given);
     `object_weights` ({number of objects: weight}, 1 where not given) draws crowded scenes more
     often than the spec's uniform 1-6, for training only: counting errs most where objects crowd.
+    `more_variety` widens how scenes are drawn, still within the spec: a third of them at 96-160 px
+    (sides otherwise uniform over the range, so small renders are rare), half the triangles
+    equilateral (0.87 as tall as their box), and noise over the objects too in a third of images.
     """
 
     def __init__(
@@ -145,21 +148,33 @@ class ShapesConversations(IterableDataset):
         families: Sequence[str] | None = None,
         family_weights: dict[str, float] | None = None,
         object_weights: dict[int, float] | None = None,
+        more_variety: bool = False,
     ):
         self.seed, self.min_turns, self.max_turns, self.side_range = seed, min_turns, max_turns, side_range
         self.max_objects, self.families, self.family_weights = max_objects, families, family_weights
         self.object_counts = object_count_weights(object_weights) if object_weights else None
+        self.more_variety = more_variety
 
     def __iter__(self) -> Iterator[Conversation]:
         rng = _worker_rng(self.seed)
         sampler = QuestionSampler(self.families, family_weights=self.family_weights)  # balanced answers across scenes, so the image must be read
         while True:
-            side = rng.randint(*self.side_range)
+            lo, hi = self.side_range
+            if self.more_variety and rng.random() < 1 / 3:
+                hi = min(hi, max(lo, 160))
+            side = rng.randint(lo, hi)
             n = rng.choices(*self.object_counts)[0] if self.object_counts else None
             objects = sample_scene(rng, side, n)
             if self.max_objects is not None and len(objects) > self.max_objects:
                 continue
-            image = render_scene(objects, rng, side, supersample=rng.choice((1, 2, 4)), shared_noise=rng.random() < 0.3)
+            variety = (
+                {"triangle_height": rng.choice((1.0, 0.87)), "noise_over_objects": rng.random() < 1 / 3}
+                if self.more_variety
+                else {}
+            )
+            image = render_scene(
+                objects, rng, side, supersample=rng.choice((1, 2, 4)), shared_noise=rng.random() < 0.3, **variety
+            )
             k = rng.randint(self.min_turns, self.max_turns)
             turns = [(q["question"], q["answer"]) for q in sampler.questions(objects, rng, k)]
             if turns:

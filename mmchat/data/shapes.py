@@ -181,10 +181,14 @@ def _background(
     return Image.fromarray(np.stack(bands, axis=-1), "RGB")
 
 
-def _mask(obj: ShapeObject, supersample: int = _SUPERSAMPLE) -> tuple[Image.Image, tuple[int, int]]:
+def _mask(
+    obj: ShapeObject, supersample: int = _SUPERSAMPLE, triangle_height: float = 1.0
+) -> tuple[Image.Image, tuple[int, int]]:
     """Coverage mask of one object over its pixel-aligned box, and the box corner.
 
     Drawn `supersample` times larger and box-filtered down: 4 gives anti-aliased edges, 1 hard ones.
+    A triangle's base spans the box; `triangle_height` < 1 (e.g. 0.87, equilateral) centres a
+    shorter one in it, as another reading of "upright isosceles" within the box would.
     """
     half = obj.side / 2
     left, top = obj.cx - half, obj.cy - half
@@ -200,8 +204,9 @@ def _mask(obj: ShapeObject, supersample: int = _SUPERSAMPLE) -> tuple[Image.Imag
         draw.ellipse((x1, y1, x2, y2), fill=255)
     elif obj.shape == "square":
         draw.rectangle((x1, y1, x2, y2), fill=255)
-    else:  # upright isosceles triangle, apex at the top centre of the box
-        draw.polygon([((x1 + x2) / 2, y1), (x1, y2), (x2, y2)], fill=255)
+    else:  # upright isosceles triangle, apex at the top centre of its height within the box
+        pad = (y2 - y1) * (1 - triangle_height) / 2
+        draw.polygon([((x1 + x2) / 2, y1 + pad), (x1, y2 - pad), (x2, y2 - pad)], fill=255)
     return mask.reduce(ss), (x0, y0)
 
 
@@ -216,11 +221,15 @@ def render_scene(
     side: int = 224,
     supersample: int = _SUPERSAMPLE,
     shared_noise: bool = False,
+    triangle_height: float = 1.0,
+    noise_over_objects: bool = False,
 ) -> Image.Image:
     """Draw the scene as an RGB image: noisy flat background, solid shapes without outline.
 
-    `supersample` and `shared_noise` vary how, within the spec, the pixels are made (edge
-    anti-aliasing, colour or grey noise), so that training does not learn one renderer's pixels.
+    `supersample`, `shared_noise`, `triangle_height` and `noise_over_objects` vary how, within the
+    spec, the pixels are made (edge anti-aliasing, colour or grey noise, triangle proportions, the
+    noise on the background only or over everything), so that training does not learn one
+    renderer's pixels.
     """
     _check_side(side)
     rgb = (
@@ -228,10 +237,14 @@ def render_scene(
         rng.randint(*BACKGROUND_RANGE),
         rng.randint(*BACKGROUND_RANGE),
     )
-    image = _background(side, rgb, rng.uniform(*NOISE_SIGMA_RANGE), rng.getrandbits(64), shared_noise)
+    sigma, noise_seed = rng.uniform(*NOISE_SIGMA_RANGE), rng.getrandbits(64)
+    image = _background(side, rgb, 0.0 if noise_over_objects else sigma, noise_seed, shared_noise)
     for obj in objects:
-        mask, corner = _mask(obj, supersample)
+        mask, corner = _mask(obj, supersample, triangle_height)
         image.paste(_jitter(COLORS[obj.color], rng), corner, mask)
+    if noise_over_objects and sigma > 0:
+        noise = np.random.default_rng(noise_seed).normal(0.0, sigma, (side, side, 1 if shared_noise else 3))
+        image = Image.fromarray(np.clip(np.asarray(image) + noise + 0.5, 0, 255).astype(np.uint8), "RGB")
     return image
 
 
