@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# How models/mmchat-shapes was trained (2 CPU cores, no GPU; about eight hours in all): a short easy stage
+# How models/mmchat-shapes was trained (2 CPU cores, no GPU; about eight and a half hours in all): a short easy stage
 # (scenes of 1-2 objects, no relation/compare questions), so that the from-scratch ViT learns to
 # find objects, then the full ShapesVQA + easy-vqa mix, initialised from the easy stage, then a
 # continuation at a lower learning rate, then a longer one that asks the weak families (relation,
 # count, query_color, query_shape) more often, then a position stage: a 2-D position code on the
 # ViT patches and training-only "Where is the ...?" questions, its data mix changed twice on one
-# learning-rate schedule (--stop-at, then --resume), then seven count stages that ask "how many"
+# learning-rate schedule (--stop-at, then --resume), then eight count stages that ask "how many"
 # most often (a short one, a long one at a higher rate, two more at a lower rate, one on a fresh
-# stream, two that draw crowded scenes more often). Run from the
-# repo root; runs/shapes-small-count-7/final is what ships as models/mmchat-shapes.
+# stream, two that draw crowded scenes more often, one with more varied renders). Run from the
+# repo root; runs/shapes-small-count-8/final is what ships as models/mmchat-shapes.
 set -euo pipefail
 python -m mmchat.data.easy_vqa --out data/easy-vqa-train --split train
 common="--preset shapes-small --batch-size 32 --mixed-precision bf16 --threads 2 --min-turns 4 --vqa-data data/easy-vqa-train --vqa-weight 0.25 --log-every 50 --save-every 250"
@@ -39,3 +39,6 @@ python -m mmchat.train --out runs/shapes-small-count-5 --init-from runs/shapes-s
 crowded="--eval-every 1000 $count --family-weights where=1 relation=3 count=6 query_size=0.75 --object-weights 4=1.5 5=2 6=2"
 python -m mmchat.train --out runs/shapes-small-count-6 --init-from runs/shapes-small-count-5/final --seed 11 --steps 3000 --lr 2e-4 --warmup 100 $crowded
 python -m mmchat.train --out runs/shapes-small-count-7 --init-from runs/shapes-small-count-6/final --seed 12 --steps 3000 --lr 1.5e-4 --warmup 100 $crowded
+# Stage 13 widens the renders within the spec (--more-variety): counting at 96 px on the
+# independent renderer's scenes erred most.
+python -m mmchat.train --out runs/shapes-small-count-8 --init-from runs/shapes-small-count-7/final --seed 13 --steps 2000 --lr 1.5e-4 --warmup 100 $crowded --more-variety
