@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..processing import MMChatProcessor, load_image
-from .shapes import COLORS, OBJECT_COUNT_RANGE, SHAPES, SIDE_RANGE, SIZES, QuestionSampler, ShapeObject, render_scene, sample_scene
+from .shapes import COLORS, OBJECT_COUNT_RANGE, SHAPES, SIDE_RANGE, SIZES, QuestionSampler, ShapeObject, render_scene, sample_scene, weight_list
 from .vqa import VQAExample
 
 IGNORE_INDEX = -100
@@ -107,15 +107,7 @@ class ConversationCollator:
 def object_count_weights(weights: dict[int, float]) -> tuple[list[int], list[float]]:
     """{5: 2.0, 6: 2.0} -> ([1, ..., 6], [1, 1, 1, 1, 2, 2]): every count the spec allows, 1 where not named."""
     counts = list(range(OBJECT_COUNT_RANGE[0], OBJECT_COUNT_RANGE[1] + 1))
-    unknown = set(weights) - set(counts)
-    if unknown:
-        raise ValueError(f"object counts must be in {OBJECT_COUNT_RANGE}, got {sorted(unknown)}")
-    if any(w < 0 for w in weights.values()):
-        raise ValueError(f"object weights must not be negative: {weights}")
-    values = [weights.get(n, 1.0) for n in counts]
-    if not any(values):
-        raise ValueError("object weights are all 0: no scene could be drawn")
-    return counts, values
+    return counts, weight_list(weights, counts, "object counts", "are all 0 weight: no scene could be drawn")
 
 
 def _worker_rng(seed: int) -> random.Random:

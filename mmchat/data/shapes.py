@@ -463,19 +463,27 @@ def _check_families(families: Iterable[str]) -> tuple[str, ...]:
     return chosen
 
 
+def weight_list(weights: dict[Any, float], keys: Sequence[Any], name: str, none_left: str) -> list[float]:
+    """{key: weight} -> one weight per key, in `keys` order (1 where not named), checked: every key
+    known, no weight negative, not all 0 (`none_left` says what that would leave)."""
+    unknown = set(weights) - set(keys)
+    if unknown:
+        raise ValueError(f"{name} must be in {', '.join(map(str, keys))}; got {sorted(unknown, key=str)}")
+    if any(w < 0 for w in weights.values()):
+        raise ValueError(f"{name} must not be negative: {weights}")
+    values = [weights.get(k, 1.0) for k in keys]
+    if not any(values):
+        raise ValueError(f"{name} {none_left}: {weights}")
+    return values
+
+
 def family_weight_list(
     family_weights: dict[str, float] | None, families: Sequence[str] = FAMILIES
 ) -> list[float] | None:
     """{"relation": 3} -> one weight per family, in `families` order (1 where not named)."""
     if not family_weights:
         return None
-    unknown = set(family_weights) - set(families)
-    if unknown or any(w < 0 for w in family_weights.values()):
-        raise ValueError(f"family_weights must be non-negative weights of {', '.join(families)}; got {family_weights}")
-    weights = [family_weights.get(f, 1.0) for f in families]
-    if not any(weights):
-        raise ValueError(f"family_weights leave no family to ask: {family_weights}")
-    return weights
+    return weight_list(family_weights, families, "family_weights", "leave no family to ask")
 
 
 def _question(template: _Template, answer: str, text: str) -> dict[str, str]:
