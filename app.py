@@ -63,9 +63,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # Imported here so that `--help` and bad flags answer at once, without loading torch.
-    from mmchat.engine import ChatEngine
-    from mmchat.loading import LoadError
-    from mmchat.ui import build_demo
+    from mmchat.serving.engine import ChatEngine, LoadError
+    from mmchat.serving.ui import build_demo
 
     try:
         engine = ChatEngine.from_pretrained(args.model, quantization=args.quantization, device=args.device)

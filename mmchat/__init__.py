@@ -1,12 +1,15 @@
-"""mmchat: visual question answering chat with a gated cross-attention fusion model."""
+"""mmchat: visual question answering chat with a gated cross-attention fusion model.
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+Four wings, arrows pointing down (docs/architecture.md):
 
-from .config import MMChatConfig
-from .model import MMChatForConditionalGeneration
+- `mmchat.modeling`: the model itself (config, fusion blocks, model, processor); travels with checkpoints;
+- `mmchat.serving`: upload checks, loading, family adapters, the chat engine and the Gradio UI;
+- `mmchat.training`: the trainer and its aids (conversations, tokenizer, presets);
+- `mmchat.evaluation`: the evaluation CLI, the official VQA metric and the probes;
+- `mmchat.data`: ShapesVQA, VQA v2-layout loading, easy-vqa.
 
-AutoConfig.register("mmchat", MMChatConfig)
-AutoModel.register(MMChatConfig, MMChatForConditionalGeneration)
-AutoModelForImageTextToText.register(MMChatConfig, MMChatForConditionalGeneration)
+Importing this package imports no torch or transformers; `import mmchat.modeling` registers the
+model with transformers' Auto classes.
+"""
 
-__all__ = ["MMChatConfig", "MMChatForConditionalGeneration"]
+__version__ = "0.2.0"

@@ -8,20 +8,20 @@
 set -euo pipefail
 model=${1:-models/mmchat-shapes}
 mkdir -p runs/eval
-[ -f data/shapes-test/annotations.json ] || python -m mmchat.data.shapes --out data/shapes-test --images 300 --seed 20261123 --questions-per-image 5
-[ -f data/easy-vqa-test/annotations.json ] || python -m mmchat.data.easy_vqa --out data/easy-vqa-test --split test
-python -m mmchat.evaluate --model "$model" --data data/shapes-test --predictions runs/eval/shapes-test.json
-python -m mmchat.evaluate --model "$model" --data data/shapes-test --predictions runs/eval/shapes-test-blind.json --blind
-python -m mmchat.evaluate --model "$model" --data data/easy-vqa-test --predictions runs/eval/easy-vqa-test.json
+[ -f data/shapes-test/annotations.json ] || python -m mmchat shapes --out data/shapes-test --images 300 --seed 20261123 --questions-per-image 5
+[ -f data/easy-vqa-test/annotations.json ] || python -m mmchat easy-vqa --out data/easy-vqa-test --split test
+python -m mmchat evaluate --model "$model" --data data/shapes-test --predictions runs/eval/shapes-test.json
+python -m mmchat evaluate --model "$model" --data data/shapes-test --predictions runs/eval/shapes-test-blind.json --blind
+python -m mmchat evaluate --model "$model" --data data/easy-vqa-test --predictions runs/eval/easy-vqa-test.json
 for split in "96 20261121" "512 20261125"; do
   read -r side seed <<< "$split"
-  [ -f data/shapes-test-$side/annotations.json ] || python -m mmchat.data.shapes --out data/shapes-test-$side --images 100 --seed $seed --side $side --questions-per-image 5
-  python -m mmchat.evaluate --model "$model" --data data/shapes-test-$side --predictions runs/eval/shapes-test-$side.json
+  [ -f data/shapes-test-$side/annotations.json ] || python -m mmchat shapes --out data/shapes-test-$side --images 100 --seed $seed --side $side --questions-per-image 5
+  python -m mmchat evaluate --model "$model" --data data/shapes-test-$side --predictions runs/eval/shapes-test-$side.json
 done
-[ -f data/where-test/annotations.json ] || python -m mmchat.data.shapes --out data/where-test --images 150 --seed 20261126 --families where --questions-per-image 2
-python -m mmchat.evaluate --model "$model" --data data/where-test --predictions runs/eval/where-test.json
+[ -f data/where-test/annotations.json ] || python -m mmchat shapes --out data/where-test --images 150 --seed 20261126 --families where --questions-per-image 2
+python -m mmchat evaluate --model "$model" --data data/where-test --predictions runs/eval/where-test.json
 for split in "224 20261127" "96 20261128"; do
   read -r side seed <<< "$split"
   [ -f data/independent-test-$side/annotations.json ] || python benchmarks/independent_shapes.py --out data/independent-test-$side --images 500 --seed $seed --side $side
-  python -m mmchat.evaluate --model "$model" --data data/independent-test-$side --predictions runs/eval/independent-test-$side.json
+  python -m mmchat evaluate --model "$model" --data data/independent-test-$side --predictions runs/eval/independent-test-$side.json
 done

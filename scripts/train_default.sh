@@ -10,35 +10,35 @@
 # stream, two that draw crowded scenes more often, one with more varied renders). Run from the
 # repo root; runs/shapes-small-count-8/final is what ships as models/mmchat-shapes.
 set -euo pipefail
-python -m mmchat.data.easy_vqa --out data/easy-vqa-train --split train
+python -m mmchat easy-vqa --out data/easy-vqa-train --split train
 common="--preset shapes-small --batch-size 32 --mixed-precision bf16 --threads 2 --min-turns 4 --vqa-data data/easy-vqa-train --vqa-weight 0.25 --log-every 50 --save-every 250"
-python -m mmchat.train --out runs/easy --easy --steps 600 --lr 8e-4 --warmup 100 --gate-init 0.5 --eval-every 600 --eval-images 60 $common
-python -m mmchat.train --out runs/shapes-small --init-from runs/easy/final --steps 5000 --lr 6e-4 --warmup 100 --eval-every 500 --eval-images 60 $common
-python -m mmchat.train --out runs/shapes-small-more --init-from runs/shapes-small/final --steps 1500 --lr 3e-4 --warmup 50 --eval-every 500 --eval-images 60 $common
-python -m mmchat.train --out runs/shapes-small-focus --init-from runs/shapes-small-more/final --steps 5500 --lr 4e-4 --warmup 100 --eval-every 1000 --eval-images 60 $common \
+python -m mmchat train --out runs/easy --easy --steps 600 --lr 8e-4 --warmup 100 --gate-init 0.5 --eval-every 600 --eval-images 60 $common
+python -m mmchat train --out runs/shapes-small --init-from runs/easy/final --steps 5000 --lr 6e-4 --warmup 100 --eval-every 500 --eval-images 60 $common
+python -m mmchat train --out runs/shapes-small-more --init-from runs/shapes-small/final --steps 1500 --lr 3e-4 --warmup 50 --eval-every 500 --eval-images 60 $common
+python -m mmchat train --out runs/shapes-small-focus --init-from runs/shapes-small-more/final --steps 5500 --lr 4e-4 --warmup 100 --eval-every 1000 --eval-images 60 $common \
   --family-weights relation=2.5 count=2 query_color=1.5 query_shape=1.5 query_size=0.75
 where="--out runs/shapes-small-where --lr 4e-4 --warmup 100 --eval-every 500 --eval-images 60 $common"
-python -m mmchat.train $where --init-from runs/shapes-small-focus/final --patch-position-code --patch-position-init 0.5 \
+python -m mmchat train $where --init-from runs/shapes-small-focus/final --patch-position-code --patch-position-init 0.5 \
   --steps 4000 --stop-at 1000 --family-weights where=2 relation=2.5 count=2 query_size=0.75
-python -m mmchat.train $where --resume --steps 4000 --stop-at 2750 --family-weights where=6 relation=4 count=1.5 query_size=0.75
-python -m mmchat.train $where --resume --steps 5000 --family-weights where=6 relation=4 count=1.5 query_size=0.75
+python -m mmchat train $where --resume --steps 4000 --stop-at 2750 --family-weights where=6 relation=4 count=1.5 query_size=0.75
+python -m mmchat train $where --resume --steps 5000 --family-weights where=6 relation=4 count=1.5 query_size=0.75
 count="--eval-images 60 $common"
-python -m mmchat.train --out runs/shapes-small-count-1 --init-from runs/shapes-small-where/final --steps 1000 --lr 3e-4 --warmup 50 \
+python -m mmchat train --out runs/shapes-small-count-1 --init-from runs/shapes-small-where/final --steps 1000 --lr 3e-4 --warmup 50 \
   --eval-every 500 $count --family-weights where=2 relation=3 count=4 query_size=0.75
-python -m mmchat.train --out runs/shapes-small-count-2 --init-from runs/shapes-small-count-1/final --steps 5000 --lr 4e-4 --warmup 100 \
+python -m mmchat train --out runs/shapes-small-count-2 --init-from runs/shapes-small-count-1/final --steps 5000 --lr 4e-4 --warmup 100 \
   --eval-every 1000 $count --family-weights where=2 relation=3 count=4 query_size=0.75
-python -m mmchat.train --out runs/shapes-small-count-3 --init-from runs/shapes-small-count-2/final --steps 2500 --lr 2e-4 --warmup 100 \
+python -m mmchat train --out runs/shapes-small-count-3 --init-from runs/shapes-small-count-2/final --steps 2500 --lr 2e-4 --warmup 100 \
   --eval-every 500 $count --family-weights where=1 relation=3 count=6 query_size=0.75
-python -m mmchat.train --out runs/shapes-small-count-4 --init-from runs/shapes-small-count-3/final --steps 2000 --lr 2e-4 --warmup 100 \
+python -m mmchat train --out runs/shapes-small-count-4 --init-from runs/shapes-small-count-3/final --steps 2000 --lr 2e-4 --warmup 100 \
   --eval-every 500 $count --family-weights where=1 relation=3 count=6 query_size=0.75
 # Stage 10 on fresh conversations: stages 6-9 all ran with --seed 0, so stage 7 began by replaying
 # stage 6's 1,000 steps of conversations and stage 9 replayed the first 2,000 of stage 8's.
-python -m mmchat.train --out runs/shapes-small-count-5 --init-from runs/shapes-small-count-4/final --seed 10 --steps 3000 --lr 2e-4 \
+python -m mmchat train --out runs/shapes-small-count-5 --init-from runs/shapes-small-count-4/final --seed 10 --steps 3000 --lr 2e-4 \
   --warmup 100 --eval-every 1000 $count --family-weights where=1 relation=3 count=6 query_size=0.75
 # Stages 11-12 draw scenes of 4-6 objects more often (--object-weights; counting erred most there).
 crowded="--eval-every 1000 $count --family-weights where=1 relation=3 count=6 query_size=0.75 --object-weights 4=1.5 5=2 6=2"
-python -m mmchat.train --out runs/shapes-small-count-6 --init-from runs/shapes-small-count-5/final --seed 11 --steps 3000 --lr 2e-4 --warmup 100 $crowded
-python -m mmchat.train --out runs/shapes-small-count-7 --init-from runs/shapes-small-count-6/final --seed 12 --steps 3000 --lr 1.5e-4 --warmup 100 $crowded
+python -m mmchat train --out runs/shapes-small-count-6 --init-from runs/shapes-small-count-5/final --seed 11 --steps 3000 --lr 2e-4 --warmup 100 $crowded
+python -m mmchat train --out runs/shapes-small-count-7 --init-from runs/shapes-small-count-6/final --seed 12 --steps 3000 --lr 1.5e-4 --warmup 100 $crowded
 # Stage 13 widens the renders within the spec (--more-variety): counting at 96 px on the
 # independent renderer's scenes erred most.
-python -m mmchat.train --out runs/shapes-small-count-8 --init-from runs/shapes-small-count-7/final --seed 13 --steps 2000 --lr 1.5e-4 --warmup 100 $crowded --more-variety
+python -m mmchat train --out runs/shapes-small-count-8 --init-from runs/shapes-small-count-7/final --seed 13 --steps 2000 --lr 1.5e-4 --warmup 100 $crowded --more-variety

@@ -20,9 +20,9 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
 export PYTHONUNBUFFERED=1
-[ -f data/easy-vqa-train/annotations.json ] || python3 -m mmchat.data.easy_vqa --out data/easy-vqa-train --split train
+[ -f data/easy-vqa-train/annotations.json ] || python -m mmchat easy-vqa --out data/easy-vqa-train --split train
 workers=$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))
-python3 -m mmchat.train --out runs/gpu --init-from models/mmchat-shapes --steps "$steps" --max-minutes "$minutes" \
+python3 -m mmchat train --out runs/gpu --init-from models/mmchat-shapes --steps "$steps" --max-minutes "$minutes" \
   --batch-size "$batch" --lr 4e-4 --warmup 200 --mixed-precision bf16 --num-workers "$workers" --min-turns 4 \
   --vqa-data data/easy-vqa-train --vqa-weight 0.25 --family-weights where=1 relation=3 count=6 query_size=0.75 \
   --object-weights 4=1.5 5=2 6=2 --more-variety --seed 100 \
@@ -32,7 +32,7 @@ grep -a "step \|parameters\|ending" runs/gpu-train.log || true
 cp runs/gpu/log.jsonl "$out/"
 python3 - "$out/model" <<'EOF'
 import sys
-from mmchat.model import MMChatForConditionalGeneration
+from mmchat.modeling import MMChatForConditionalGeneration
 model = MMChatForConditionalGeneration.from_pretrained("runs/gpu/final")
 model.save_pretrained(sys.argv[1], max_shard_size="15MB")  # tokenizer and processor: the shipped ones
 EOF

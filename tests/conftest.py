@@ -7,7 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from mmchat.factory import build_tiny
+from mmchat.training.factory import build_tiny
+
+# The app fixtures (a served `app.py` and its engine) as a plugin, not an import: registered once,
+# their session-scoped server is shared by every test directory.
+pytest_plugins = ["fixtures_app"]
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Fixtures for the app tests: the real `app.py` served in a subprocess, and the engine it wraps.
 
-Test modules load this file with `pytest_plugins = ["fixtures_app"]`: registered once as a
+`tests/conftest.py` loads this file with `pytest_plugins = ["fixtures_app"]`: registered once as a
 plugin, the session-scoped fixtures are shared, so the API and browser tests use one server.
 (Importing the fixtures into each module instead would start one server per module.)
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from mmchat.engine import ChatEngine
+from mmchat.serving.engine import ChatEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 90  # importing torch + gradio and loading the tiny model takes ~10 s on 2 cores

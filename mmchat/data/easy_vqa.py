@@ -1,6 +1,6 @@
 """Convert the public easy-vqa data set (PyPI `easy-vqa`) to the VQA v2 layout.
 
-    python -m mmchat.data.easy_vqa --out data/easy-vqa-test --split test
+    python -m mmchat easy-vqa --out data/easy-vqa-test --split test
 
 easy-vqa has 64x64 images of one shape and 13 answers (3 shapes, 8 colours, yes/no); it gives a
 second, independently made test of the same skills as ShapesVQA. Image ids are kept; question ids
@@ -69,7 +69,7 @@ def convert_easy_vqa(out_dir: str | Path, split: str) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI entry point."""
     parser = argparse.ArgumentParser(
-        prog="python -m mmchat.data.easy_vqa", description="Convert easy-vqa to the VQA v2 layout."
+        prog="python -m mmchat easy-vqa", description="Convert easy-vqa to the VQA v2 layout."
     )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--split", choices=("train", "test"), required=True)

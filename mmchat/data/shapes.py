@@ -4,10 +4,10 @@ Implements `shared/specs/shapes-vqa.md` exactly (scene rules, question templates
 layout), so a test set written by an independent renderer of the same spec is a fair test.
 
 Pipeline: `sample_scene` (geometry) -> `QuestionSampler` / `sample_question` (text, answers) ->
-`render_scene` (pixels). Training streams samples on the fly with `ShapesVQAStream`; fixed
+`render_scene` (pixels). Training draws scenes on the fly (`mmchat.training.conversations`); fixed
 evaluation sets are written with `write_dataset` or the CLI:
 
-    python -m mmchat.data.shapes --out data/shapes-test --images 1000 --seed 1
+    python -m mmchat shapes --out data/shapes-test --images 1000 --seed 1
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
-from torch.utils.data import IterableDataset, get_worker_info
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -645,36 +644,7 @@ def describe_objects(objects: Sequence[ShapeObject]) -> str:
     return ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
-# --------------------------------------------------------------------------- streaming and files
-
-
-class ShapesVQAStream(IterableDataset):
-    """Endless ShapesVQA samples rendered on the fly.
-
-    Yields `{"image", "question", "answer", "question_type", "answer_type", "caption"}`. The
-    stream is a pure function of `seed` and the data-loader worker id, so each worker draws its own
-    scenes; give each distributed process its own `seed`.
-    """
-
-    def __init__(self, seed: int = 0, side: int = 224, families: Sequence[str] | None = None) -> None:
-        _check_side(side)
-        self.seed = seed
-        self.side = side
-        self.families = None if families is None else _check_families(families)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        worker = 0 if info is None else info.id
-        # String seeds go through SHA-512: stable across runs and distinct for every (seed, worker).
-        rng = random.Random(f"shapes-vqa/{self.seed}/{worker}")
-        sampler = QuestionSampler(self.families)
-        while True:
-            objects = sample_scene(rng, self.side)
-            asked = sampler.questions(objects, rng)
-            if not asked:  # only with restricted families, e.g. relation about a lone object
-                continue
-            image = render_scene(objects, rng, self.side)
-            yield {"image": image, **asked[0], "caption": caption(objects, rng)}
+# --------------------------------------------------------------------------- files
 
 
 def write_dataset(
@@ -730,7 +700,7 @@ def write_dataset(
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI entry point: write a ShapesVQA set to disk."""
     parser = argparse.ArgumentParser(
-        prog="python -m mmchat.data.shapes", description="Write a ShapesVQA data set (VQA v2 layout)."
+        prog="python -m mmchat shapes", description="Write a ShapesVQA data set (VQA v2 layout)."
     )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--images", type=int, required=True, help="number of images")

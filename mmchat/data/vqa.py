@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-from torch.utils.data import Dataset
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _COCO_NAME = re.compile(r"^COCO_.*_(\d{12})$")
@@ -111,37 +109,3 @@ def load_vqa(data_dir: str | Path) -> list[VQAExample]:
             )
         )
     return examples
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB, fully read so the file is closed."""
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
-class VQADataset(Dataset):
-    """Map-style dataset over a VQA v2-layout folder (or loaded examples).
-
-    Items have the keys of `ShapesVQAStream` samples (`answer` is the multiple-choice answer,
-    None without annotations) plus `question_id`, `image_id` and `answers` for scoring.
-    """
-
-    def __init__(self, data: str | Path | list[VQAExample]) -> None:
-        self.examples = load_vqa(data) if isinstance(data, (str, Path)) else list(data)
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        ex = self.examples[index]
-        return {
-            "image": load_image(ex.image_path),
-            "question": ex.question,
-            "answer": ex.multiple_choice_answer,
-            "question_type": ex.question_type,
-            "answer_type": ex.answer_type,
-            "caption": ex.caption,
-            "answers": ex.answers,
-            "question_id": ex.question_id,
-            "image_id": ex.image_id,
-        }

@@ -1,0 +1,90 @@
+"""Answer every question of a VQA-layout folder and score it with the official VQA accuracy.
+
+    python -m mmchat evaluate --model PATH --data DIR --predictions OUT.json
+
+Answers come through the serving path (`ChatEngine`: the same upload checks and family adapter
+as the app), so a folder is scored on exactly what the app would say.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..data.vqa import VQAExample, load_vqa
+from ..serving.engine import ChatEngine, GenerationSettings, LoadError
+from ..serving.images import load_image
+from ..serving.loading import DEFAULT_MODEL, QUANTIZATIONS
+from .vqa_metric import score_predictions
+
+
+def predict(
+    engine: ChatEngine,
+    examples: Sequence[VQAExample],
+    batch_size: int = 64,
+    max_new_tokens: int = 8,
+    progress: bool = True,
+    blind: bool = False,
+) -> list[dict]:
+    """Greedy single-turn answers, batched: [{"question_id": int, "answer": str}].
+
+    `blind` replaces every image by a flat grey one of the same size: the baseline that shows
+    how much of the accuracy comes from the image rather than from the question alone.
+    """
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    predictions = []
+    for start in tqdm(range(0, len(examples), batch_size), disable=not progress, desc="answering", unit="batch"):
+        batch = examples[start : start + batch_size]
+        images = [load_image(ex.image_path) for ex in batch]
+        if blind:
+            images = [Image.new("RGB", image.size, (128, 128, 128)) for image in images]
+        answers = engine.answer_batch(images, [ex.question for ex in batch], settings)
+        predictions += [{"question_id": ex.question_id, "answer": a} for ex, a in zip(batch, answers)]
+    return predictions
+
+
+def format_scores(scores: dict) -> str:
+    lines = [f"overall accuracy: {scores['overall']:.2f} % over {scores['n']} questions"]
+    for key, title in (("per_question_type", "question_type"), ("per_answer_type", "answer_type")):
+        lines.append(f"per {title}:")
+        lines += [f"  {name:<14} {acc:6.2f} %" for name, acc in sorted(scores[key].items())]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmchat evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="checkpoint folder or hub id")
+    parser.add_argument("--data", required=True, help="folder in the VQA v2 layout")
+    parser.add_argument("--predictions", required=True, help="where to write the answers (JSON)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--quantization", default="auto", choices=QUANTIZATIONS)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
+    parser.add_argument("--blind", action="store_true", help="blank every image: the question-only baseline")
+    args = parser.parse_args(argv)
+
+    try:
+        engine = ChatEngine.from_pretrained(args.model, quantization=args.quantization, device=args.device)
+        examples = load_vqa(args.data)
+    except (LoadError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    examples = examples[: args.limit] if args.limit else examples
+    predictions = predict(engine, examples, args.batch_size, args.max_new_tokens, blind=args.blind)
+    Path(args.predictions).write_text(json.dumps(predictions))
+    if all(ex.answers for ex in examples):
+        print(format_scores(score_predictions(predictions, examples)))
+    else:
+        print(f"wrote {len(predictions)} answers; {args.data} has no annotations to score them against")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

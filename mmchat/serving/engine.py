@@ -1,0 +1,177 @@
+"""The chat engine: (image, question, history, settings) in, the answer out as it streams.
+
+It knows nothing of Gradio; the UI, the evaluation CLI and the tests all call it the same way.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from .families import FamilyAdapter, Turn
+from .images import ImageInputError, load_image
+from .loading import LoadError, load_model
+from .overlay import overlay_attention
+
+MAX_QUESTION_CHARS = 1000
+# What callers (the UI, the evaluation CLI) need, from one place.
+__all__ = ["ChatEngine", "ChatInputError", "GenerationSettings", "ImageInputError", "LoadError", "Turn"]
+
+
+class ChatInputError(ValueError):
+    """Input the engine refuses; the message is meant for the user as it is."""
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 32
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.95
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        if not 1 <= self.max_new_tokens <= 4096:
+            raise ChatInputError("max new tokens must be between 1 and 4096.")
+        if not self.do_sample:
+            return {"max_new_tokens": self.max_new_tokens, "do_sample": False}
+        if self.temperature <= 0:
+            raise ChatInputError("temperature must be above 0 when sampling (or switch sampling off).")
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": True,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+        }
+
+
+class _StopOnEvent(StoppingCriteria):
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> bool:
+        return self.event.is_set()
+
+
+class ChatEngine:
+    """Answers questions about one image at a time with a loaded family adapter."""
+
+    def __init__(self, adapter: FamilyAdapter, timeout_s: float = 300.0):
+        self.adapter = adapter
+        self.timeout_s = timeout_s
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, quantization: str = "auto", device: str = "auto") -> ChatEngine:
+        return cls(load_model(source, quantization=quantization, device=device))
+
+    def describe(self) -> str:
+        a = self.adapter
+        turns = "multi-turn" if a.multi_turn else "each question answered on its own"
+        source = getattr(a, "source", "?")
+        # A local folder is named, not its full path (which the public page need not show).
+        name = Path(source).name if Path(source).is_dir() else source
+        return f"{name} · {a.family} · {getattr(a, 'quantization', '?')} on {getattr(a, 'device_name', a.device)} · {turns}"
+
+    def check(self, image: Any, question: str | None) -> tuple[Image.Image, str]:
+        """Validate the inputs; raises ChatInputError (or ImageInputError) with a readable message."""
+        question = (question or "").strip()
+        if image is None:
+            raise ChatInputError("Please upload an image first, then ask about it.")
+        if not question:
+            raise ChatInputError("Please type a question about the image.")
+        if len(question) > MAX_QUESTION_CHARS:
+            raise ChatInputError(
+                f"That question is {len(question)} characters long; please keep it under {MAX_QUESTION_CHARS}."
+            )
+        return load_image(image), question
+
+    def _fit_history(self, image: Image.Image, question: str, history: list[Turn]) -> dict[str, torch.Tensor]:
+        """Inputs with as much history as fits the context window, oldest turns dropped first."""
+        history = list(history) if self.adapter.multi_turn else []
+        limit = self.adapter.max_context_tokens()
+        while True:
+            inputs = self.adapter.inputs(image, question, history)
+            if limit is None or inputs["input_ids"].shape[1] < limit or not history:
+                break
+            history = history[1:]
+        if limit is not None and inputs["input_ids"].shape[1] >= limit:
+            raise ChatInputError("That question is too long for this model's context; please shorten it.")
+        return inputs
+
+    def stream(
+        self,
+        image: Any,
+        question: str,
+        history: list[Turn] | None = None,
+        settings: GenerationSettings | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> Iterator[str]:
+        """Yield the answer so far, growing, until generation ends or `stop_event` is set."""
+        image, question = self.check(image, question)
+        settings = settings or GenerationSettings()
+        inputs = self._fit_history(image, question, history or [])
+        stop_event = stop_event or threading.Event()
+        streamer = TextIteratorStreamer(
+            self.adapter.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=self.timeout_s
+        )
+        kwargs = dict(
+            **inputs,
+            **self.adapter.generate_kwargs(),
+            **settings.generate_kwargs(),
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop_event)]),
+        )
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    self.adapter.model.generate(**kwargs)
+            except BaseException as e:  # surfaced in the caller's thread below
+                errors.append(e)
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        text = ""
+        try:
+            for piece in streamer:
+                if stop_event.is_set():  # Stop pressed: show nothing more, even tokens already made
+                    break
+                text += piece
+                yield text.strip()
+        finally:
+            # The consumer stopped early (Stop button, closed tab): end generation, don't leak it.
+            stop_event.set()
+            thread.join(timeout=self.timeout_s)
+        if errors:
+            raise errors[0]
+
+    def answer(self, image: Any, question: str, history: list[Turn] | None = None, settings: GenerationSettings | None = None) -> str:
+        text = ""
+        for text in self.stream(image, question, history, settings):  # noqa: B007 (the last one is the answer)
+            pass
+        return text
+
+    def answer_batch(self, images: list[Any], questions: list[str], settings: GenerationSettings | None = None) -> list[str]:
+        """Answer many single-turn questions at once (evaluation): one padded generate call."""
+        settings = settings or GenerationSettings()
+        checked = [self.check(image, question) for image, question in zip(images, questions)]
+        return self.adapter.answer_batch([c[0] for c in checked], [c[1] for c in checked], settings.generate_kwargs())
+
+    def attention_overlay(self, image: Any, question: str, answer: str, history: list[Turn] | None = None) -> Image.Image | None:
+        """The image with the model's cross-attention for `answer` drawn over it, where the family has it."""
+        if not self.adapter.shows_attention or not answer:
+            return None
+        image, question = self.check(image, question)
+        inputs = self._fit_history(image, question, history or [])
+        answer_ids = self.adapter.tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        grid = self.adapter.attention_grid(inputs, answer_ids)
+        return None if grid is None else overlay_attention(image, np.asarray(grid))

@@ -1,0 +1,84 @@
+"""The one interface the engine uses, whatever model family answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+@dataclass
+class Turn:
+    """One earlier question about the current image and the answer given."""
+
+    question: str
+    answer: str
+
+
+class FamilyAdapter:
+    """Wraps a loaded model and its processor; subclasses are registered by `model_type`.
+
+    `model_types` are the config `model_type`s a family serves, `multi_turn` says whether
+    earlier turns are given to the model, and `skip_modules` maps a quantization mode to the modules kept unquantized (because
+    bitsandbytes breaks on them). A list replaces transformers' default skips (usually `lm_head`),
+    so name those too; no entry for a mode keeps the defaults.
+    """
+
+    family: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]
+    multi_turn: ClassVar[bool] = True
+    shows_attention: ClassVar[bool] = False
+    skip_modules: ClassVar[dict[str, list[str]]] = {}
+    model_class: ClassVar[Any]
+    processor_class: ClassVar[Any]
+
+    def __init__(self, model: torch.nn.Module, processor: Any):
+        self.model = model
+        self.processor = processor
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def max_context_tokens(self) -> int | None:
+        return None
+
+    def inputs(self, image: Image.Image, question: str, history: list[Turn]) -> dict[str, torch.Tensor]:
+        """Model inputs for answering `question` about `image` after `history`."""
+        raise NotImplementedError
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def answer_batch(self, images: list[Image.Image], questions: list[str], generate_kwargs: dict[str, Any]) -> list[str]:
+        """Single-turn answers to many questions in one batched generate (evaluation)."""
+        raise NotImplementedError
+
+    def to_device(self, batch: Any) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def generate_continuations(self, batch: Any, generate_kwargs: dict[str, Any]) -> list[str]:
+        """Generate for a left-padded batch of prompts and decode only what follows each prompt."""
+        batch = self.to_device(batch)
+        with torch.inference_mode():
+            out = self.model.generate(**batch, **generate_kwargs)
+        answers = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        return [a.strip() for a in answers]
+
+    def attention_grid(
+        self, inputs: dict[str, torch.Tensor], answer_ids: torch.Tensor
+    ) -> np.ndarray | None:
+        """(h, w) weights over the image patches that the answer attended to, or None."""
+        return None
+
+
+def stretch(grid: np.ndarray) -> np.ndarray:
+    """Attention weights to [0, 1]: what matters is where attention is higher than elsewhere."""
+    return (grid - grid.min()) / max(float(grid.max() - grid.min()), 1e-12)

@@ -1,0 +1,95 @@
+"""Load any supported checkpoint, with bitsandbytes quantization, on the device asked for.
+
+    adapter = load_model("models/mmchat-shapes", quantization="nf4", device="auto")
+
+`source` is a local folder or a hub id; the family comes from the config's `model_type`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import AutoConfig, BitsAndBytesConfig
+
+from .families import FAMILIES, FamilyAdapter  # importing them registers mmchat with the Auto classes
+
+Quantization = Literal["auto", "nf4", "int8", "none"]
+QUANTIZATIONS = ("auto", "nf4", "int8", "none")
+# The checkpoint that ships with the project; the app and the evaluation CLI default to it.
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "mmchat-shapes"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class LoadError(RuntimeError):
+    """A checkpoint, device or quantization that cannot be served; the message says what to do."""
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.split(":")[0] not in DEVICES[1:]:
+        raise LoadError(f"Unknown device {device!r}: use one of {', '.join(DEVICES)}.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LoadError(f"device={device!r} but this machine has no CUDA GPU: use device='cpu' or 'auto'.")
+    return device
+
+
+def resolve_quantization(quantization: str, device: str) -> str:
+    if quantization not in QUANTIZATIONS:
+        raise LoadError(f"Unknown quantization {quantization!r}: use one of {', '.join(QUANTIZATIONS)}.")
+    if quantization == "auto":
+        # 4-bit where it saves GPU memory; full precision on the CPU, where it is also faster.
+        quantization = "nf4" if device.startswith("cuda") else "none"
+    if quantization != "none" and importlib.util.find_spec("bitsandbytes") is None:
+        raise LoadError(
+            f"quantization={quantization!r} needs bitsandbytes: `pip install bitsandbytes`, "
+            "or load with quantization='none'."
+        )
+    return quantization
+
+
+def quantization_config(quantization: str, skip_modules: list[str] | None = None) -> BitsAndBytesConfig | None:
+    """The one BitsAndBytesConfig for a mode; `skip_modules` stay in full precision."""
+    if quantization == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+            llm_int8_skip_modules=skip_modules,
+        )
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip_modules)
+    return None
+
+
+def load_model(source: str | Path, quantization: Quantization = "auto", device: str = "auto") -> FamilyAdapter:
+    """Load `source` (local folder or hub id) as the adapter of its family."""
+    device = resolve_device(device)
+    quantization = resolve_quantization(quantization, device)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise LoadError(
+            f"Cannot load a model from {str(source)!r}: give a folder holding config.json or a hub id "
+            f"(the hub must be reachable). ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from e
+    adapter_class = FAMILIES.get(config.model_type)
+    if adapter_class is None:
+        supported = ", ".join(sorted(FAMILIES))
+        raise LoadError(f"{source} is a {config.model_type!r} model; mmchat serves: {supported}.")
+
+    dtype = torch.bfloat16 if device.startswith("cuda") or quantization != "none" else torch.float32
+    model = adapter_class.model_class.from_pretrained(
+        source,
+        dtype=dtype,
+        device_map={"": device},
+        quantization_config=quantization_config(quantization, adapter_class.skip_modules.get(quantization)),
+    ).eval()
+    processor = adapter_class.processor_class.from_pretrained(source)
+    adapter = adapter_class(model, processor)
+    adapter.source, adapter.quantization, adapter.device_name = str(source), quantization, device
+    return adapter

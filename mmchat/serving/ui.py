@@ -1,0 +1,216 @@
+"""The Gradio chat UI: builds components and calls the engine, nothing else.
+
+    demo = build_demo(ChatEngine.from_pretrained("models/mmchat-shapes"))
+    demo.queue(default_concurrency_limit=1).launch()
+
+One message holds an image and a question (`gr.MultimodalTextbox`). Follow-up questions without
+an image are about the most recent image of the conversation; a new image starts a new context,
+so turns about the previous image are not given to the model. The conversation itself lives in
+`gr.ChatInterface`'s per-session state, never in module globals.
+
+The `/chat` API endpoint takes `message={"text": ..., "files": [handle_file(path)]}` and the
+generation settings, and returns a list: first the answer text (or a "⚠️ ..." message for input
+it refuses), then, where the model has one, the attention overlay as an assistant message whose
+content is `[{"path": ..., "alt_text": ...}, caption]`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from gradio.processing_utils import save_pil_to_cache
+from gradio.utils import get_upload_folder
+
+from .engine import ChatEngine, ChatInputError, GenerationSettings, ImageInputError, Turn
+
+logger = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+# Replies that are not answers start with this, so they are never handed back to the model.
+NOTICE = "⚠️"
+OVERLAY_ALT = "Where the model looked: its cross-attention over the image (bright = attended)"
+# Shown under the overlay: Gradio's chat does not display an image's alt text.
+OVERLAY_CAPTION = "*Where the model looked (bright = attended)*"
+MAX_NEW_TOKENS = 256
+# Uploads and overlays are deleted a day after they were made (checked hourly): long enough for
+# any conversation that still refers to them, short enough that a public Space does not fill up.
+DELETE_CACHE = (3600, 86400)
+
+
+def load_examples(folder: Path = ASSETS) -> list[dict[str, Any]]:
+    """Multimodal example messages from `folder/examples.json`; none when it is missing."""
+    index = folder / "examples.json"
+    if not index.exists():
+        return []
+    return [
+        {"text": e["question"], "files": [str(folder / e["file"])]}
+        for e in json.loads(index.read_text())
+        if (folder / e["file"]).exists()
+    ]
+
+
+def _file_path(file: Any) -> str | None:
+    """A file as the chat gives it (a path, a `{"path": ...}` dict, or a `{"file": {...}}` item)."""
+    if isinstance(file, str):
+        return file
+    if isinstance(file, dict):
+        if "file" in file:
+            return _file_path(file["file"])
+        return file.get("path")
+    return None
+
+
+def _items(content: Any) -> Iterator[tuple[str, str]]:
+    """("text", text) and ("file", path) pairs of one message's content, in any form it comes in.
+
+    The UI hands back normalized content (`[{"type": "text", ...}, {"type": "file", ...}]`), the
+    API's session state keeps what the chat function produced (strings, `{"path": ...}` dicts),
+    and components (the overlay) are skipped.
+    """
+    for item in content if isinstance(content, list | tuple) else [content]:
+        if isinstance(item, str):
+            yield "text", item
+        elif isinstance(item, dict) and item.get("type") == "text":
+            yield "text", item.get("text", "")
+        elif isinstance(item, dict) and (path := _file_path(item)):
+            yield "file", path
+
+
+def conversation_context(history: list[dict[str, Any]]) -> tuple[str | None, list[Turn]]:
+    """The most recent image of a chat and the question/answer turns asked about it since."""
+    image: str | None = None
+    turns: list[Turn] = []
+    question: str | None = None
+    for message in history:
+        role = message.get("role") if isinstance(message, dict) else None
+        for kind, value in _items(message.get("content") if role else None):
+            if role == "user" and kind == "file":
+                image, turns, question = value, [], None  # a new image starts a new context
+            elif role == "user" and kind == "text":
+                question = value.strip()
+            elif role == "assistant" and kind == "text" and question is not None:
+                if not value.startswith(NOTICE):
+                    turns.append(Turn(question, value))
+                question = None
+    return image, turns
+
+
+def _overlay_message(engine: ChatEngine, image: str, question: str, answer: str, turns: list[Turn]) -> dict | None:
+    """The attention overlay as a chat message holding an image file, or None."""
+    try:
+        overlay = engine.attention_overlay(image, question, answer, turns)
+    except Exception:  # the picture is an extra: never lose the answer because it failed
+        logger.exception("attention overlay failed")
+        return None
+    if overlay is None:
+        return None
+    # Written straight into Gradio's upload folder: served from there and removed by `delete_cache`.
+    path = save_pil_to_cache(overlay, cache_dir=get_upload_folder(), name="attention", format="png")
+    return {"role": "assistant", "content": [{"path": path, "alt_text": OVERLAY_ALT}, OVERLAY_CAPTION]}
+
+
+def _description(engine: ChatEngine) -> str:
+    adapter = engine.adapter
+    lines = [
+        f"**Model:** `{engine.describe()}`",
+        (
+            "Attach an image and type a question in the same message. Follow-up questions without "
+            "an image are about the last image; a new image starts a new conversation about it."
+        ),
+    ]
+    if not adapter.multi_turn:
+        lines.append(
+            "**This model answers each question on its own:** earlier questions and answers are not "
+            "given to it, so refer to things by name rather than “it”."
+        )
+    if getattr(adapter, "shows_attention", False):
+        lines.append("Under each answer: where the model looked while answering (bright = attended).")
+    return "\n\n".join(lines)
+
+
+def build_demo(engine: ChatEngine, examples: list[dict[str, Any]] | None = None) -> gr.Blocks:
+    """The chat app around `engine` (anything with `stream`, `attention_overlay`, `describe`, `adapter`).
+
+    `examples` are multimodal messages (`{"text", "files"}`); by default those in `assets/`.
+    Call `.queue(...)` and `.launch()` on the result.
+    """
+    examples = load_examples() if examples is None else examples
+    defaults = GenerationSettings()
+
+    def respond(
+        message: dict[str, Any],
+        history: list[dict[str, Any]],
+        max_new_tokens: float,
+        do_sample: bool,
+        temperature: float,
+    ) -> Iterator[str | list[Any]]:
+        """Answer a question about an image; streams the text, then adds the attention overlay."""
+        files = [p for p in map(_file_path, message.get("files") or []) if p]
+        question = (message.get("text") or "").strip()
+        image, turns = (files[-1], []) if files else conversation_context(history)
+        settings = GenerationSettings(
+            max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample), temperature=float(temperature)
+        )
+        answer = ""
+        try:
+            # closing(): when Stop cancels this generator, the engine's is closed at once, which
+            # ends its generate thread, rather than whenever it is garbage-collected.
+            with closing(engine.stream(image, question, turns, settings)) as stream:
+                for answer in stream:
+                    yield answer
+        except (ChatInputError, ImageInputError) as e:
+            # Shown in the chat rather than as an error toast: the user can fix it and carry on.
+            yield [f"{NOTICE} {e}"]
+            return
+        if not answer:
+            yield [f"{NOTICE} The model gave an empty answer; try rephrasing, or switch sampling on."]
+            return
+        overlay = _overlay_message(engine, image, question, answer, turns)
+        yield [answer] if overlay is None else [answer, overlay]
+
+    textbox = gr.MultimodalTextbox(
+        file_types=["image"],
+        file_count="single",
+        sources=["upload"],
+        placeholder="Attach an image and ask a question about it…",
+        # ChatInterface shows the stop button only while answering, and only if the textbox has one.
+        stop_btn=True,
+        autofocus=True,
+    )
+    chatbot = gr.Chatbot(
+        label="Chat",
+        height=520,
+        placeholder="Upload an image and ask about it, or pick an example below.",
+    )
+    setting_inputs = [
+        gr.Slider(1, MAX_NEW_TOKENS, value=defaults.max_new_tokens, step=1, label="Max new tokens"),
+        gr.Checkbox(value=defaults.do_sample, label="Sample", info="Off: greedy decoding (deterministic)."),
+        gr.Slider(0.05, 2.0, value=defaults.temperature, step=0.05, label="Temperature", info="Used when sampling."),
+    ]
+    return gr.ChatInterface(
+        respond,
+        multimodal=True,
+        chatbot=chatbot,
+        textbox=textbox,
+        additional_inputs=setting_inputs,
+        additional_inputs_accordion=gr.Accordion("Generation settings", open=True),
+        # Lists of one message: with additional inputs, ChatInterface wants an input list per example.
+        examples=[[e] for e in examples] or None,
+        # Generation at start-up would slow every restart of the app, so examples run on click.
+        cache_examples=False,
+        title="mmchat: ask about an image",
+        description=_description(engine),
+        api_name="chat",
+        api_description=(
+            "Answer a question about an image. Returns a list: the answer text (or a '⚠️ ...' "
+            "message for refused input), then the attention overlay message when the model has one."
+        ),
+        delete_cache=DELETE_CACHE,
+        fill_height=True,
+    )

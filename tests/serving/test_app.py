@@ -1,0 +1,185 @@
+"""The chat app: the real `app.py` over HTTP with gradio_client, and the chat function in-process."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from mmchat.serving.engine import ChatEngine, GenerationSettings
+from mmchat.serving.families import Turn
+from mmchat.serving.ui import NOTICE, build_demo, conversation_context
+
+ROOT = Path(__file__).resolve().parents[2]
+
+GREEDY = {"max_new_tokens": 24, "do_sample": False, "temperature": 0.7}
+
+
+@pytest.fixture
+def image_file(shapes_image: Image.Image, tmp_path: Path) -> str:
+    path = tmp_path / "shapes.png"
+    shapes_image.save(path)
+    return str(path)
+
+
+@pytest.fixture
+def second_image_file(tmp_path: Path) -> str:
+    path = tmp_path / "green.png"
+    Image.new("RGB", (48, 48), (40, 170, 60)).save(path)
+    return str(path)
+
+
+@pytest.fixture
+def corrupt_file(tmp_path: Path) -> str:
+    path = tmp_path / "corrupt.png"
+    path.write_bytes(b"these bytes are not an image at all")
+    return str(path)
+
+
+def ask(client: Client, text: str, files: list[str] = ()) -> list[Any]:
+    """One `/chat` call; the endpoint's reply is a list whose first item is the text."""
+    reply = client.predict({"text": text, "files": [handle_file(f) for f in files]}, *GREEDY.values(), api_name="/chat")
+    assert isinstance(reply, list) and isinstance(reply[0], str), reply
+    return reply
+
+
+def test_chat_api_answers_like_the_engine(running_app: str, engine: ChatEngine, image_file: str) -> None:
+    client = Client(running_app, verbose=False)
+    settings = GenerationSettings(**GREEDY)
+    question = "What color is the small circle?"
+    reply = ask(client, question, [image_file])
+    first = engine.answer(image_file, question, settings=settings)
+    assert reply[0] == first
+    # The attention overlay follows the text: an image file the client has downloaded.
+    overlay = reply[1]["content"]
+    assert Image.open(overlay[0] if isinstance(overlay, list) else overlay).size == Image.open(image_file).size
+
+    # Same session, no new image: a follow-up about the same image, with the first turn as history.
+    follow_up = "How many objects are there?"
+    reply = ask(client, follow_up)
+    assert reply[0] == engine.answer(image_file, follow_up, [Turn(question, first)], settings)
+
+    # A fresh session has no image yet: the user is told to upload one, in the chat.
+    client.reset_session()
+    reply = ask(client, "What is this?")
+    assert reply == [f"{NOTICE} Please upload an image first, then ask about it."]
+
+
+def test_chat_api_explains_bad_files_and_keeps_working(
+    running_app: str,
+    engine: ChatEngine,
+    corrupt_file: str,
+    image_file: str,
+) -> None:
+    client = Client(running_app, verbose=False)
+    reply = ask(client, "What is this?", [corrupt_file])
+    assert len(reply) == 1 and reply[0].startswith(NOTICE)
+    assert "not an image" in reply[0]
+    reply = ask(client, "x" * 1001, [image_file])
+    assert "please keep it under 1000" in reply[0]
+    # The server is unharmed and the next good message is answered.
+    question = "Is there a red square?"
+    reply = ask(client, question, [image_file])
+    assert reply[0] == engine.answer(image_file, question, settings=GenerationSettings(**GREEDY))
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+def respond(demo: Any, message: dict[str, Any], history: list[dict[str, Any]]) -> list[Any]:
+    """Run the chat function to the end, as the UI does, and return its final reply."""
+    replies = list(demo.fn(message, history, *GREEDY.values()))
+    assert replies and isinstance(replies[-1], list), replies
+    return replies[-1]
+
+
+def as_ui_history(demo: Any, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages the way the browser hands them back: through the Chatbot's postprocess + preprocess."""
+    return demo.chatbot.preprocess(demo.chatbot.postprocess(messages))
+
+
+def chat_turn(demo: Any, history: list[dict[str, Any]], text: str, files: list[str] = ()) -> str:
+    reply = respond(demo, {"text": text, "files": list(files)}, as_ui_history(demo, history))
+    history.append({"role": "user", "content": [{"path": f} for f in files] + [text]})
+    history += [m if isinstance(m, dict) else {"role": "assistant", "content": m} for m in reply]
+    return reply[0]
+
+
+def test_multi_turn_uses_the_latest_image_and_its_turns(
+    engine: ChatEngine,
+    image_file: str,
+    second_image_file: str,
+) -> None:
+    demo = build_demo(engine, examples=[])
+    settings = GenerationSettings(**GREEDY)
+    history: list[dict[str, Any]] = []
+
+    q1, q2, q3, q4 = "What color is the circle?", "And the square?", "What shape is it?", "How many?"
+    a1 = chat_turn(demo, history, q1, [image_file])
+    assert a1 == engine.answer(image_file, q1, settings=settings)
+    a2 = chat_turn(demo, history, q2)
+    assert a2 == engine.answer(image_file, q2, [Turn(q1, a1)], settings)
+    # A refused message is shown but never given to the model as a turn.
+    assert chat_turn(demo, history, "   ").startswith(NOTICE)
+    # A new image starts a new context: the turns about the first image are left out.
+    a3 = chat_turn(demo, history, q3, [second_image_file])
+    assert a3 == engine.answer(second_image_file, q3, settings=settings)
+    a4 = chat_turn(demo, history, q4)
+    assert a4 == engine.answer(second_image_file, q4, [Turn(q3, a3)], settings)
+    assert conversation_context(as_ui_history(demo, history)) == (second_image_file, [Turn(q3, a3), Turn(q4, a4)])
+
+
+class StubAdapter:
+    multi_turn = False
+    shows_attention = False
+
+
+class StubEngine:
+    """Records what the UI passes to the engine; answers "stub answer" one word at a time."""
+
+    adapter = StubAdapter()
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, str, list[Turn]]] = []
+
+    def describe(self) -> str:
+        return "stub model · none on cpu"
+
+    def stream(self, image: Any, question: str, history: list[Turn], settings: GenerationSettings) -> Iterator[str]:
+        self.calls.append((image, question, list(history)))
+        yield "stub"
+        yield "stub answer"
+
+    def attention_overlay(self, *args: Any) -> None:
+        return None
+
+
+def test_build_demo_with_a_stub_engine(image_file: str) -> None:
+    stub = StubEngine()
+    demo = build_demo(stub, examples=[])
+    assert "stub model" in demo.description
+    assert "answers each question on its own" in demo.description
+    assert list(demo.fn({"text": "q?", "files": [image_file]}, [], *GREEDY.values())) == [
+        "stub",
+        "stub answer",
+        ["stub answer"],
+    ]
+    # Files can come back as dicts (retry resends the saved message): the path is what counts.
+    list(demo.fn({"text": "again?", "files": [{"path": image_file}]}, [], *GREEDY.values()))
+    assert [call[0] for call in stub.calls] == [image_file, image_file]
+
+
+def test_app_exits_2_with_a_one_line_error_when_the_model_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = importlib.util.spec_from_file_location("mmchat_app", ROOT / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    assert app.main(["--model", str(tmp_path / "missing"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mmchat: cannot start:") and "\n" not in err

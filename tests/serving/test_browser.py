@@ -1,0 +1,97 @@
+"""One real-browser check of the chat app: upload, ask, read the streamed answer, screenshot.
+
+Runs headless Chromium from the system (`/usr/bin/chromium`) through Playwright; skipped where
+either is missing, unless MMCHAT_REQUIRE_BROWSER=1 makes that a failure (CI with a browser).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mmchat.serving.engine import ChatEngine, GenerationSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT = ROOT / "test-artifacts" / "browser.png"
+TIMEOUT_MS = 30_000
+
+
+def _browser_or_skip() -> None:
+    required = os.environ.get("MMCHAT_REQUIRE_BROWSER") == "1"
+    missing = None
+    if not CHROMIUM.exists():
+        missing = f"{CHROMIUM} not found"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            missing = "playwright is not installed"
+    if missing and required:
+        pytest.fail(f"MMCHAT_REQUIRE_BROWSER=1 but {missing}")
+    if missing:
+        pytest.skip(missing)
+
+
+def visible_text(text: str) -> str:
+    """What a browser shows of a text: no control characters, whitespace runs collapsed."""
+    text = "".join(c for c in text if c.isprintable() or c.isspace())
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def test_ask_about_an_uploaded_image_in_the_browser(
+    running_app: str,
+    engine: ChatEngine,
+    shapes_image: Image.Image,
+    tmp_path: Path,
+) -> None:
+    _browser_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    image = tmp_path / "shapes.png"
+    shapes_image.resize((192, 192), Image.NEAREST).save(image)
+    question = "What color is the square?"
+    expected = engine.answer(str(image), question, settings=GenerationSettings())  # the UI's defaults
+
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1200})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(running_app)
+            textbox = page.get_by_placeholder("Attach an image and ask a question about it…")
+            expect(textbox).to_be_visible(timeout=TIMEOUT_MS)
+            expect(page.get_by_text("mmchat · none on cpu")).to_be_visible()  # engine.describe()
+
+            # The multimodal textbox's hidden file input; the upload finishes before submit works.
+            page.locator("input[type=file]").set_input_files(str(image))
+            expect(page.locator("button[data-testid=submit-button]")).to_be_enabled()
+            textbox.fill(question)
+            textbox.press("Enter")
+
+            bot = page.locator("[data-testid=bot]")
+            # The overlay is added after the streamed text ends, so its image marks a finished answer.
+            expect(bot.locator("img")).to_be_visible(timeout=TIMEOUT_MS)
+            expect(bot.get_by_text("Where the model looked")).to_be_visible()
+            answer = bot.locator(".message-content").first.inner_text()
+            assert visible_text(answer) == visible_text(expected)
+            expect(page.locator("[data-testid=user]").filter(has_text=question)).to_be_visible()
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+        finally:
+            browser.close()

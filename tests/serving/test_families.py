@@ -1,0 +1,353 @@
+"""BLIP VQA and Llama 3.2 Vision (Mllama) through the same loader, engine and evaluation.
+
+Each family gets a tiny random model built here from a small config of that family, with a
+processor built offline (a tokenizer made with `tokenizers`, the family's image processor at a
+small size), saved to a temporary folder and loaded back with `load_model` in every mode.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    BertTokenizer,
+    BlipConfig,
+    BlipForQuestionAnswering,
+    BlipImageProcessor,
+    BlipProcessor,
+    MllamaConfig,
+    MllamaForConditionalGeneration,
+    MllamaImageProcessor,
+    MllamaProcessor,
+    PreTrainedTokenizerFast,
+)
+
+from mmchat.data.vqa import VQAExample
+from mmchat.evaluation.evaluate import predict
+from mmchat.serving.engine import ChatEngine, GenerationSettings
+from mmchat.serving.families import FAMILIES, FamilyAdapter, Turn
+from mmchat.serving.families.blip import BlipAdapter
+from mmchat.serving.families.mllama import MllamaAdapter
+from mmchat.serving.loading import load_model
+
+MODES = ("none", "nf4", "int8")
+FAMILY_NAMES = ("blip", "mllama")
+GREEDY = GenerationSettings(max_new_tokens=6)
+
+CORPUS = [
+    "what colour is the square",
+    "how many shapes are there",
+    "the square is red",
+    "there are two shapes",
+    "a blue disc on grey",
+    "is there a circle in the picture",
+    "and what about the disc",
+    "yes no red green blue left right top bottom",
+]
+
+# Llama 3 special tokens the Mllama processor and chat template use.
+LLAMA_SPECIALS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|finetune_right_pad_id|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|python_tag|>",
+    "<|image|>",
+]
+# The Llama 3.2 Vision Instruct layout, without the tool and date handling of the real template.
+LLAMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}{{ '<|image|>' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "{{ '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]"]
+
+
+def mllama_processor() -> MllamaProcessor:
+    """A byte-level BPE tokenizer like Llama 3's, trained on a few sentences, and 28 px tiles."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=LLAMA_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    bos = "<|begin_of_text|>"
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, tokenizer.token_to_id(bos))]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=bos, eos_token="<|eot_id|>", pad_token="<|finetune_right_pad_id|>"
+    )
+    image_processor = MllamaImageProcessor(size={"height": 28, "width": 28}, max_image_tiles=4)
+    return MllamaProcessor(image_processor, fast, chat_template=LLAMA_TEMPLATE)
+
+
+def mllama_model(processor: MllamaProcessor) -> MllamaForConditionalGeneration:
+    """Widths >= 64: bitsandbytes quantizes in blocks of 64."""
+    token_id = processor.tokenizer.convert_tokens_to_ids
+    config = MllamaConfig(
+        vision_config=dict(
+            hidden_size=64,
+            attention_heads=2,
+            num_hidden_layers=2,
+            num_global_layers=1,
+            intermediate_size=128,
+            intermediate_layers_indices=[0],
+            vision_output_dim=128,  # hidden_size * (1 + len(intermediate_layers_indices))
+            image_size=28,
+            patch_size=14,
+            max_num_tiles=4,
+        ),
+        text_config=dict(
+            vocab_size=len(processor.tokenizer),
+            hidden_size=128,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            num_hidden_layers=3,
+            cross_attention_layers=[1],
+            intermediate_size=256,
+            max_position_embeddings=512,
+            bos_token_id=token_id("<|begin_of_text|>"),
+            eos_token_id=[token_id("<|eot_id|>"), token_id("<|end_of_text|>")],
+            pad_token_id=token_id("<|finetune_right_pad_id|>"),
+        ),
+        image_token_index=token_id("<|image|>"),
+    )
+    torch.manual_seed(0)
+    model = MllamaForConditionalGeneration(config)
+    with torch.no_grad():  # open the zero-initialised cross-attention gates, so the image matters
+        for layer_idx in config.text_config.cross_attention_layers:
+            layer = model.model.language_model.layers[layer_idx]
+            layer.cross_attn_attn_gate.fill_(1.0)
+            layer.cross_attn_mlp_gate.fill_(1.0)
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    return model
+
+
+def blip_processor() -> BlipProcessor:
+    """A word-piece vocabulary of the corpus' words and letters, with BLIP's [DEC] start token."""
+    words = sorted({w for sentence in CORPUS for w in sentence.split()})
+    vocab = {token: i for i, token in enumerate(BERT_SPECIALS + words + list("abcdefghijklmnopqrstuvwxyz"))}
+    tokenizer = BertTokenizer(vocab=vocab, bos_token="[DEC]", additional_special_tokens=["[ENC]"])
+    return BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer)
+
+
+def blip_model(processor: BlipProcessor) -> BlipForQuestionAnswering:
+    tokenizer = processor.tokenizer
+    config = BlipConfig(
+        vision_config=dict(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=16
+        ),
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            encoder_hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+            bos_token_id=tokenizer.convert_tokens_to_ids("[DEC]"),
+            sep_token_id=tokenizer.sep_token_id,
+            eos_token_id=tokenizer.sep_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+    )
+    torch.manual_seed(0)
+    return BlipForQuestionAnswering(config)
+
+
+BUILDERS = {"blip": (blip_processor, blip_model), "mllama": (mllama_processor, mllama_model)}
+ADAPTERS = {"blip": BlipAdapter, "mllama": MllamaAdapter}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, str]:
+    """family -> folder; the folder's name says nothing of the family, the config does."""
+    paths = {}
+    for name, (build_processor, build_model) in BUILDERS.items():
+        processor = build_processor()
+        path = tmp_path_factory.mktemp("checkpoint")
+        build_model(processor).save_pretrained(path)
+        processor.save_pretrained(path)
+        paths[name] = str(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoints):
+    """Each (family, mode) loaded once for the whole module."""
+    cache: dict[tuple[str, str], FamilyAdapter] = {}
+
+    def get(family: str, mode: str) -> FamilyAdapter:
+        if mode != "none":
+            pytest.importorskip("bitsandbytes")
+        if (family, mode) not in cache:
+            cache[family, mode] = load_model(checkpoints[family], quantization=mode, device="cpu")
+        return cache[family, mode]
+
+    return get
+
+
+def picture(width: int = 64, height: int = 64) -> Image.Image:
+    """A red square and a blue disc on grey."""
+    a = np.full((height, width, 3), 200, np.uint8)
+    a[8:24, 8:24] = (220, 40, 40)
+    yy, xx = np.mgrid[:height, :width]
+    a[(yy - height // 2) ** 2 + (xx - width // 2) ** 2 < 100] = (40, 80, 220)
+    return Image.fromarray(a)
+
+
+def first_step_scores(adapter: FamilyAdapter) -> torch.Tensor:
+    """The scores of the first answer token, as `generate` computes them, in float32."""
+    inputs = adapter.inputs(picture(), "what colour is the square", [])
+    with torch.inference_mode():
+        out = adapter.model.generate(
+            **inputs, max_new_tokens=1, do_sample=False, output_scores=True, return_dict_in_generate=True
+        )
+    return out.scores[0][0].float()
+
+
+def test_both_families_are_registered_by_model_type():
+    assert FAMILIES["blip"] is BlipAdapter and FAMILIES["mllama"] is MllamaAdapter
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_every_mode_loads_the_family_and_streams_a_growing_answer(loaded, family, mode):
+    adapter = loaded(family, mode)
+    assert type(adapter) is ADAPTERS[family] and adapter.quantization == mode
+    steps = list(ChatEngine(adapter).stream(picture(), "what colour is the square", settings=GREEDY))
+    assert steps[-1], f"{family} {mode}: empty answer"
+    assert len(steps) > 1, f"{family} {mode}: the answer came in one piece, not streamed"
+    assert all(later.startswith(earlier) for earlier, later in zip(steps, steps[1:]))
+
+
+@pytest.mark.parametrize("mode, min_cosine, max_share", [("nf4", 0.95, 0.30), ("int8", 0.99, 0.40)])
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_quantized_models_are_smaller_and_score_like_full_precision(loaded, family, mode, min_cosine, max_share):
+    full, quantized = loaded(family, "none"), loaded(family, mode)
+    share = quantized.model.get_memory_footprint() / full.model.get_memory_footprint()
+    assert share < max_share, f"{family} {mode} uses {share:.0%} of the fp32 memory"
+    ref, got = first_step_scores(full), first_step_scores(quantized)
+    cosine = torch.nn.functional.cosine_similarity(ref, got, dim=0).item()
+    assert cosine > min_cosine, f"{family} {mode}: first-token scores drifted, cosine {cosine:.4f}"
+
+
+def test_mllama_int8_keeps_the_projector_and_lm_head_unquantized(loaded):
+    import bitsandbytes as bnb
+
+    model = loaded("mllama", "int8").model
+    # The projector's 5-D input breaks bitsandbytes' int8 matmul; the LM head is transformers' default skip.
+    assert type(model.model.multi_modal_projector) is torch.nn.Linear
+    assert type(model.lm_head) is torch.nn.Linear
+    assert isinstance(model.model.language_model.layers[0].mlp.down_proj, bnb.nn.Linear8bitLt)
+    assert isinstance(model.model.vision_model.transformer.layers[0].mlp.fc1, bnb.nn.Linear8bitLt)
+
+
+def test_mllama_follow_up_is_asked_after_the_first_turn_with_the_image_in_view(loaded):
+    adapter = loaded("mllama", "none")
+    engine = ChatEngine(adapter)
+    first = engine.answer(picture(), "what colour is the square", settings=GREEDY)
+    history = [Turn("what colour is the square", first)]
+    inputs = adapter.inputs(picture(), "and what about the disc", history)
+    prompt = adapter.tokenizer.decode(inputs["input_ids"][0])
+    # One image, in the first user turn; the earlier question and answer come before the new question.
+    assert prompt.count("<|image|>") == 1 and prompt.count("<|begin_of_text|>") == 1
+    assert prompt.index("<|image|>") < prompt.index("what colour is the square") < prompt.index(first)
+    assert prompt.index(first) < prompt.index("and what about the disc")
+    assert prompt.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    # Every token after the image, the follow-up included, may attend to it.
+    image_at = (inputs["input_ids"][0] == adapter.processor.image_token_id).nonzero().item()
+    assert inputs["cross_attention_mask"][0, image_at:, 0].any(dim=-1).all()
+    assert engine.answer(picture(), "and what about the disc", history, settings=GREEDY)
+
+
+def test_blip_answers_each_question_on_its_own(loaded, monkeypatch):
+    adapter = loaded("blip", "none")
+    engine = ChatEngine(adapter)
+    assert "each question answered on its own" in engine.describe()
+    alone = engine.answer(picture(), "how many shapes are there", settings=GREEDY)
+    seen: list[list[Turn]] = []
+    original = adapter.inputs
+    monkeypatch.setattr(adapter, "inputs", lambda image, q, history: seen.append(history) or original(image, q, history))
+    after = engine.answer(picture(), "how many shapes are there", [Turn("what colour is the square", "red")], GREEDY)
+    assert seen and all(history == [] for history in seen)
+    assert after == alone
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_evaluation_batch_gives_the_chat_answers(loaded, family, tmp_path, monkeypatch):
+    adapter = loaded(family, "none")
+    padded: list[bool] = []
+    generate = adapter.model.generate
+    monkeypatch.setattr(
+        adapter.model,
+        "generate",
+        lambda **kw: padded.append(not bool(kw["attention_mask"].all())) or generate(**kw),
+    )
+    questions = ["what colour is the square", "is there a circle in the picture", "how many shapes are there"]
+    sizes = [(64, 64), (80, 48), (48, 80)]  # different tile layouts for Mllama in one batch
+    examples = []
+    for i, (question, size) in enumerate(zip(questions, sizes)):
+        path = tmp_path / f"{i}.png"
+        picture(*size).save(path)
+        examples.append(VQAExample(100 + i, i, path, question, [], None, None, None))
+    predictions = predict(ChatEngine(adapter), examples, batch_size=3, max_new_tokens=6, progress=False)
+    assert [p["question_id"] for p in predictions] == [100, 101, 102]
+    # Batched and padded, each answer is the one the chat gives to that question alone.
+    engine = ChatEngine(adapter)
+    chat = [engine.answer(picture(*size), q, settings=GREEDY) for q, size in zip(questions, sizes)]
+    assert [p["answer"] for p in predictions] == chat
+    assert all(chat)
+    if family == "blip":  # its decoder cannot mask a question's padding: none may reach it
+        assert padded and not any(padded)
+
+
+@pytest.mark.parametrize("family, size, wider", [("mllama", (100, 40), True), ("mllama", (40, 100), False)])
+def test_mllama_attention_map_keeps_the_tiles_in_place(loaded, family, size, wider):
+    adapter = loaded(family, "none")
+    image = picture(*size)
+    inputs = adapter.inputs(image, "what colour is the square", [])
+    answer = ChatEngine(adapter).answer(image, "what colour is the square", settings=GREEDY)
+    answer_ids = adapter.tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    grid = adapter.attention_grid(inputs, answer_ids)
+    assert grid is not None and np.isfinite(grid).all() and grid.min() == 0 and grid.max() == 1
+    assert (grid.shape[1] > grid.shape[0]) == wider, f"a {size} image gave a {grid.shape} map"
+    # The weights are read with eager attention; the model goes back to its own implementation.
+    assert adapter.model.config.text_config._attn_implementation != "eager"
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_attention_overlay_is_drawn_over_the_image(loaded, family):
+    engine = ChatEngine(loaded(family, "none"))
+    answer = engine.answer(picture(), "what colour is the square", settings=GREEDY)
+    overlay = engine.attention_overlay(picture(), "what colour is the square", answer)
+    assert overlay is not None and overlay.size == picture().size
+    assert np.asarray(overlay.convert("RGB")).tolist() != np.asarray(picture()).tolist()
+
+
+def test_mllama_base_checkpoint_without_chat_template_uses_the_plain_prompt(loaded):
+    import copy
+
+    chat = loaded("mllama", "none")
+    processor = copy.copy(chat.processor)
+    processor.chat_template = None  # as the base (non-instruct) checkpoints ship
+    adapter = MllamaAdapter(chat.model, processor)
+    inputs = adapter.inputs(picture(), "and what about the disc", [Turn("what colour is the square", "red")])
+    prompt = adapter.tokenizer.decode(inputs["input_ids"][0])
+    assert prompt == "<|image|><|begin_of_text|>Question: what colour is the square\nAnswer: red\n" + (
+        "Question: and what about the disc\nAnswer:"
+    )
+    assert ChatEngine(adapter).answer(picture(), "what colour is the square", settings=GREEDY)

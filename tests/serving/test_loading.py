@@ -1,0 +1,66 @@
+"""Loading with quantization: nf4 and int8 on the CPU, errors that say what to do."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmchat.serving.loading import LoadError, load_model
+
+
+def logits(adapter, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(10, 200, (2, 9), generator=g)
+    px = torch.randn(2, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        return adapter.model(input_ids=ids, pixel_values=px).logits.float()
+
+
+@pytest.fixture(scope="module")
+def full(tiny_checkpoint):
+    return load_model(tiny_checkpoint, quantization="none", device="cpu")
+
+
+@pytest.mark.parametrize("mode, min_cosine, max_share", [("nf4", 0.95, 0.30), ("int8", 0.995, 0.45)])
+def test_quantized_load_is_close_and_smaller(tiny_checkpoint, full, mode, min_cosine, max_share):
+    pytest.importorskip("bitsandbytes")
+    quantized = load_model(tiny_checkpoint, quantization=mode, device="cpu")
+    assert quantized.quantization == mode
+    ref, got = logits(full), logits(quantized)
+    cosine = torch.nn.functional.cosine_similarity(ref.flatten(), got.flatten(), dim=0).item()
+    assert cosine > min_cosine, f"{mode} logits drifted: cosine {cosine:.4f}"
+    # Same greedy answer to most positions: what a user would see.
+    assert (ref.argmax(-1) == got.argmax(-1)).float().mean() > 0.7
+    share = quantized.model.get_memory_footprint() / full.model.get_memory_footprint()
+    assert share < max_share, f"{mode} uses {share:.0%} of the fp32 memory"
+
+
+def test_auto_picks_full_precision_on_the_cpu(full, tiny_checkpoint):
+    adapter = load_model(tiny_checkpoint, device="auto")
+    assert adapter.quantization == "none" and adapter.device_name == "cpu"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"quantization": "fp3"}, "Unknown quantization 'fp3'"),
+        ({"device": "cuda"}, "no CUDA GPU"),
+        ({"device": "tpu"}, "Unknown device"),
+    ],
+)
+def test_bad_combinations_get_clear_errors(tiny_checkpoint, kwargs, message):
+    with pytest.raises(LoadError, match=message):
+        load_model(tiny_checkpoint, **kwargs)
+
+
+def test_missing_checkpoint_says_what_to_give(tmp_path):
+    with pytest.raises(LoadError, match="folder holding config.json or a hub id"):
+        load_model(tmp_path / "nowhere", device="cpu")
+
+
+def test_unsupported_family_is_named(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(LoadError, match="'gpt2' model; mmchat serves"):
+        load_model(tmp_path, device="cpu")

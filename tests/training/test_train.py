@@ -1,0 +1,96 @@
+"""Training: a short CPU run saves a checkpoint the app can serve, logs eval accuracy, resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmchat.data.shapes import COLORS, SHAPES, SIZES
+from mmchat.serving.loading import load_model
+from mmchat.training.factory import build_processor
+from mmchat.training.train import (
+    PRESETS,
+    TrainConfig,
+    lr_lambda,
+    main,
+    parse_family_weights,
+    parse_object_weights,
+    tokenizer_corpus,
+)
+
+
+def test_short_run_saves_loadable_model_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    common = ["--out", str(out), "--preset", "tiny", "--batch-size", "4", "--log-every", "2",
+              "--eval-every", "4", "--save-every", "2", "--eval-images", "2", "--num-workers", "0"]
+    main([*common, "--steps", "4"])
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4]
+    assert "eval_accuracy" in log[-1] and set(log[-1]["eval_per_family"]) >= {"count", "relation"}
+
+    main([*common, "--steps", "6", "--resume"])
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4, 6]  # continued from step 4, not restarted
+
+    adapter = load_model(out / "final", device="cpu")
+    assert adapter.family == "mmchat" and adapter.model.config.text_config.hidden_size == 64
+
+
+def test_a_run_stops_early_on_its_schedule_and_resumes_with_a_new_mix(tmp_path):
+    out = tmp_path / "run"
+    common = ["--out", str(out), "--preset", "tiny", "--batch-size", "4", "--log-every", "1", "--warmup", "1",
+              "--steps", "6", "--save-every", "100", "--eval-every", "100", "--eval-images", "1", "--num-workers", "0"]
+    main([*common, "--stop-at", "3"])
+    assert (out / "checkpoints" / "step-3").exists() and not (out / "final").exists()
+    main([*common, "--resume", "--family-weights", "where=5"])
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    schedule = lr_lambda(TrainConfig(steps=6, warmup=1))
+    assert [r["lr"] for r in log] == pytest.approx([1e-3 * schedule(step) for step in range(1, 7)])
+    assert (out / "final").exists()
+
+
+def test_alignment_stage_then_vqa(tmp_path):
+    align, vqa = tmp_path / "align", tmp_path / "vqa"
+    main(["--out", str(align), "--stage", "align", "--preset", "tiny", "--steps", "2", "--batch-size", "4",
+          "--log-every", "1", "--num-workers", "0"])
+    record = json.loads((align / "log.jsonl").read_text().splitlines()[-1])
+    assert {"itc", "itm", "itc_acc", "itm_acc"} <= set(record)
+    main(["--out", str(vqa), "--init-from", str(align / "final"), "--steps", "2", "--batch-size", "4",
+          "--log-every", "2", "--eval-images", "1", "--num-workers", "0"])
+    assert load_model(vqa / "final", device="cpu").family == "mmchat"
+
+
+def test_every_answer_of_the_spec_is_one_token_for_a_new_model():
+    """Answers follow `<|assistant|>` with no space, so the BPE must know them in that form."""
+    processor = build_processor(32, tokenizer_corpus(n_scenes=300), PRESETS["shapes-small"]["text"]["vocab_size"])
+    answers = [*COLORS, *SHAPES, *SIZES, "yes", "no", *map(str, range(7))]
+    split = {a: processor.tokenizer.tokenize(a) for a in answers}
+    assert all(len(tokens) == 1 for tokens in split.values()), split
+
+
+def test_family_weights_flag():
+    assert parse_family_weights(["relation=3", "count=1.5"]) == {"relation": 3.0, "count": 1.5}
+    assert parse_family_weights([]) is None
+    with pytest.raises(SystemExit, match="FAMILY=WEIGHT"):
+        parse_family_weights(["relations=3"])
+
+
+def test_object_weights_flag():
+    assert parse_object_weights(["5=2", "6=2.5"]) == {5: 2.0, 6: 2.5}
+    assert parse_object_weights([]) is None
+    with pytest.raises(SystemExit, match="COUNT=WEIGHT.*got \\[7\\]"):
+        parse_object_weights(["7=1"])
+    with pytest.raises(SystemExit, match="COUNT=WEIGHT"):
+        parse_object_weights(["many=2"])
+
+
+def test_a_time_limit_ends_the_run_early_with_a_saved_model(tmp_path):
+    out = tmp_path / "run"
+    main(["--out", str(out), "--preset", "tiny", "--batch-size", "2", "--steps", "1000", "--log-every", "1",
+          "--eval-every", "1000", "--save-every", "1000", "--eval-images", "1", "--num-workers", "0",
+          "--max-minutes", "0.00001"])
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1]  # ended after its first step, not at step 1,000
+    assert load_model(out / "final", device="cpu").family == "mmchat"
