@@ -48,14 +48,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency",
         type=int,
-        default=int(env("MMCHAT_CONCURRENCY", "1")),
-        help="answers generated at once; more queue up (env MMCHAT_CONCURRENCY)",
+        default=int(env("MMCHAT_CONCURRENCY", "64")),
+        help="answers generated at once, in shared batches; more queue up (env MMCHAT_CONCURRENCY)",
     )
     parser.add_argument(
         "--max-queue",
         type=int,
-        default=int(env("MMCHAT_MAX_QUEUE", "32")),
-        help="waiting requests before new ones are refused",
+        default=int(env("MMCHAT_MAX_QUEUE", "64")),
+        help="waiting requests before new ones are refused with 'queue is full, try again' (env MMCHAT_MAX_QUEUE)",
     )
     return parser.parse_args(argv)
 
@@ -67,14 +67,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mmchat.serving.ui import build_demo
 
     try:
-        engine = ChatEngine.from_pretrained(args.model, quantization=args.quantization, device=args.device)
+        # The engine batches up to `concurrency` answers in each forward pass; the Gradio queue feeds it that many.
+        engine = ChatEngine.from_pretrained(
+            args.model, quantization=args.quantization, device=args.device, max_batch=args.concurrency
+        )
     except LoadError as e:
         print(f"mmchat: cannot start: {e}", file=sys.stderr)
         return 2
     print(f"mmchat: serving {engine.describe()}", flush=True)
     demo = build_demo(engine)
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
-    demo.launch(server_name=args.host, server_port=args.port)
+    # Each answer in flight holds one of Gradio's worker threads while it waits for its tokens.
+    demo.launch(server_name=args.host, server_port=args.port, max_threads=max(40, args.concurrency + 8))
     return 0
 
 

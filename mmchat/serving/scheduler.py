@@ -180,22 +180,22 @@ class Scheduler:
     def _admit(self, newcomers: list[Request]) -> None:
         try:
             joined = self._prefill(newcomers)
-        except Exception:
+        except Exception as e:
             if len(newcomers) == 1:
-                raise
+                logger.exception("prefill failed")
+                newcomers[0].out.put(("error", e))
+                return
             # One request's input may be what failed: run each alone, so the error reaches only its sender.
-            joined = []
+            joined = None
             for request in newcomers:
                 try:
-                    joined.append(self._prefill([request]))
+                    alone = self._prefill([request])
                 except Exception as e:
                     logger.exception("prefill failed")
                     request.out.put(("error", e))
-            joined = [b for b in joined if b is not None]
-            merged = None
-            for b in joined:
-                merged = b if merged is None else _merge(merged, b, self.adapter)
-            joined = merged
+                    continue
+                if alone is not None:
+                    joined = alone if joined is None else _merge(joined, alone, self.adapter)
         if joined is not None:
             self._batch = joined if self._batch is None else _merge(self._batch, joined, self.adapter)
 
