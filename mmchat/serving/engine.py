@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -85,6 +86,8 @@ class ChatEngine:
                 prefix_cache_bytes=prefix_cache_bytes,
                 record_attention=record_attention and adapter.shows_attention,
             )
+            # An engine dropped without close() still ends its thread (the thread holds the model).
+            weakref.finalize(self, self.scheduler.close_soon)
         # (image key, prompt ids, answer) -> (A, N) cross-attention of each answer token, from the answering pass
         self._attention: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._attention_lock = threading.Lock()
@@ -235,9 +238,9 @@ class ChatEngine:
         return fn() if self.scheduler is None else self.scheduler.call(fn, timeout_s=self.timeout_s)
 
     def _remember(self, reply: Reply) -> None:
-        if not reply.request.attention:
-            return
         n = len(reply.answer_tokens)
+        if not n or len(reply.request.attention) < n:  # an empty answer has no picture
+            return
         with self._attention_lock:
             key = (reply.request.image_key, tuple(reply.request.prompt), reply.text_so_far)
             self._attention[key] = torch.stack(reply.request.attention[:n])

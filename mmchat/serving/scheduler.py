@@ -108,8 +108,11 @@ class Scheduler:
         return value
 
     def close(self) -> None:
-        self._queue.put(("close", None))
+        self.close_soon()
         self._thread.join(timeout=10)
+
+    def close_soon(self) -> None:
+        self._queue.put(("close", None))
 
     def waiting(self) -> int:
         return self._queue.qsize() + (len(self._batch.rows) if self._batch else 0)
