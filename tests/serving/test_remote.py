@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +30,7 @@ from transformers import MllamaImageProcessor, MllamaProcessor, PreTrainedTokeni
 from mmchat.serving.engine import ChatEngine, GenerationSettings, LoadError, ServingError, Turn
 from mmchat.serving.families.openai_remote import OpenAIRemoteAdapter, parse_source
 from mmchat.serving.loading import load_model
+from mmchat.serving.ui import _description
 
 START_TIMEOUT_S = 120  # importing torch and FastAPI and loading the tiny model: ~10 s on 2 idle cores
 SETTINGS = GenerationSettings(max_new_tokens=12)
@@ -136,6 +138,14 @@ def test_a_two_turn_conversation_streams_the_answers_the_model_gives(remote, loc
     assert second != local.answer(picture, second_q, [], SETTINGS)
 
 
+def test_stop_ends_the_answer(remote, picture):
+    stop = threading.Event()
+    stream = remote.stream(picture, "what colour is the square", [], SETTINGS, stop_event=stop)
+    first = next(stream)
+    stop.set()  # the Stop button
+    assert list(stream) == [] and first
+
+
 def test_a_batch_of_questions_is_answered_like_the_chat(remote, local, picture):
     questions = ["what colour is the square", "how many shapes are there"]
     answers = remote.answer_batch([picture, picture], questions, SETTINGS)
@@ -143,6 +153,7 @@ def test_a_batch_of_questions_is_answered_like_the_chat(remote, local, picture):
 
 
 def test_the_model_line_and_no_attention_picture(remote, checkpoint, server, picture):
+    assert "no picture of where the model looked" in _description(remote)
     # The server's id for the model (here a folder on this machine, so only its name), and the server.
     assert remote.describe() == f"{Path(checkpoint).name} · openai · remote on {server} · multi-turn"
     assert remote.attention_overlay(picture, "what colour is the square", "red") is None
