@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from .cache import image_key
-from .families import FamilyAdapter, Turn
+from .families import FamilyAdapter, ServingError, Turn
 from .images import ImageInputError, load_image
 from .loading import LoadError, load_model
 from .overlay import overlay_attention
@@ -27,7 +27,16 @@ from .scheduler import Request, Scheduler
 
 MAX_QUESTION_CHARS = 1000
 # What callers (the UI, the evaluation CLI) need, from one place.
-__all__ = ["ChatEngine", "ChatInputError", "GenerationSettings", "ImageInputError", "LoadError", "Reply", "Turn"]
+__all__ = [
+    "ChatEngine",
+    "ChatInputError",
+    "GenerationSettings",
+    "ImageInputError",
+    "LoadError",
+    "Reply",
+    "ServingError",
+    "Turn",
+]
 
 
 class ChatInputError(ValueError):
@@ -76,9 +85,9 @@ class ChatEngine:
         self.adapter = adapter
         self.timeout_s = timeout_s
         self.max_waiting = max_waiting
-        # A family with a `stream_answer` hook (a remote model) streams by itself: no local model to own.
+        # A family that streams itself (a remote model, `stream_answer`) has no local model to own.
         self.scheduler: Scheduler | None = None
-        if not hasattr(adapter, "stream_answer"):
+        if not adapter.streams_itself:
             self.scheduler = Scheduler(
                 adapter,
                 max_batch=max_batch,
@@ -208,7 +217,9 @@ class ChatEngine:
     ) -> Iterator[str]:
         """Yield the answer so far, growing, until generation ends or `stop_event` is set."""
         if self.scheduler is None:
-            yield from self.adapter.stream_answer(image, question, history or [], settings or GenerationSettings(), stop_event)
+            image, question = self.check(image, question)
+            settings = settings or GenerationSettings()
+            yield from self._stream_from_adapter(image, question, history or [], settings, stop_event or threading.Event())
             return
         reply = self.submit(image, question, history, settings, stop_event)
         try:
@@ -216,6 +227,27 @@ class ChatEngine:
         finally:
             # The consumer stopped early (Stop button, closed tab): the scheduler drops the row.
             reply.stop()
+
+    def _stream_from_adapter(
+        self, image: Image.Image, question: str, history: list[Turn], settings: GenerationSettings, stop_event: threading.Event
+    ) -> Iterator[str]:
+        """`stream` for an adapter that streams itself (`FamilyAdapter.stream_answer`: e.g. a remote server).
+
+        The one-at-a-time path: the adapter yields pieces, this joins them. The server, not the
+        engine, fits the history to its context (it answers an error if it cannot).
+        """
+        history = list(history) if self.adapter.multi_turn else []
+        pieces = self.adapter.stream_answer(image, question, history, settings.generate_kwargs(), stop_event)
+        text = ""
+        try:
+            for piece in pieces:
+                if stop_event.is_set():  # Stop pressed: show nothing more
+                    break
+                text += piece
+                yield text.strip()
+        finally:
+            stop_event.set()
+            pieces.close()  # ends the request when the consumer stopped early
 
     def answer(self, image: Any, question: str, history: list[Turn] | None = None, settings: GenerationSettings | None = None) -> str:
         text = ""

@@ -17,9 +17,11 @@ it has no place for per-row image keys/values, hence this loop.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +34,14 @@ from .cache import LRUBytes, PrefixCache
 from .families.base import KV
 
 logger = logging.getLogger(__name__)
+_running: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    """End the scheduler threads before the interpreter goes: one mid-step at exit aborts the process."""
+    for scheduler in list(_running):
+        scheduler.close()
 
 
 
@@ -89,8 +99,9 @@ class Scheduler:
         self._batch: _Batch | None = None
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="mmchat-scheduler", daemon=True)
-        self._thread.start()
         self.steps = self.prefills = 0
+        _running.add(self)
+        self._thread.start()
 
     # ---- called from any thread ----
 
