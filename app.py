@@ -48,8 +48,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency",
         type=int,
-        default=int(env("MMCHAT_CONCURRENCY", "64")),
-        help="answers generated at once, in shared batches; more queue up (env MMCHAT_CONCURRENCY)",
+        default=int(env("MMCHAT_CONCURRENCY") or 0),
+        help="answers generated at once; more queue up. 0: the model's default, 64 in this process (the engine "
+        "batches them) and 16 for a model server (env MMCHAT_CONCURRENCY)",
     )
     parser.add_argument(
         "--max-queue",
@@ -67,18 +68,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mmchat.serving.ui import build_demo
 
     try:
-        # The engine batches up to `concurrency` answers in each forward pass; the Gradio queue feeds it that many.
-        engine = ChatEngine.from_pretrained(
-            args.model, quantization=args.quantization, device=args.device, max_batch=args.concurrency
-        )
+        engine = ChatEngine.from_pretrained(args.model, quantization=args.quantization, device=args.device)
     except LoadError as e:
         print(f"mmchat: cannot start: {e}", file=sys.stderr)
         return 2
-    print(f"mmchat: serving {engine.describe()}", flush=True)
+    concurrency = args.concurrency or engine.adapter.default_concurrency
+    print(f"mmchat: serving {engine.describe()}, {concurrency} answer(s) at once", flush=True)
     demo = build_demo(engine)
-    demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
+    if engine.scheduler is not None:  # it batches up to as many answers as the Gradio queue feeds it
+        engine.scheduler.max_batch = concurrency
+    demo.queue(default_concurrency_limit=concurrency, max_size=args.max_queue)
     # Each answer in flight holds one of Gradio's worker threads while it waits for its tokens.
-    demo.launch(server_name=args.host, server_port=args.port, max_threads=max(40, args.concurrency + 8))
+    demo.launch(server_name=args.host, server_port=args.port, max_threads=max(40, concurrency + 8))
     return 0
 
 

@@ -36,6 +36,9 @@ class FamilyAdapter:
     `streams_itself`: the adapter answers through `stream_answer` (a family with no local model,
     such as a remote server) instead of the engine running `model.generate` with a streamer.
     `remote`: the answers come from another machine (the UI says so).
+    `default_concurrency`: answers the app streams at once unless told otherwise: 64 for a model in
+    this process (the engine's scheduler batches them, or answers them in turn for a family it
+    cannot batch), 16 for a server that batches them.
     """
 
     family: ClassVar[str]
@@ -48,6 +51,7 @@ class FamilyAdapter:
     skip_modules: ClassVar[dict[str, list[str]]] = {}
     streams_itself: ClassVar[bool] = False
     remote: ClassVar[bool] = False
+    default_concurrency: ClassVar[int] = 64
     model_class: ClassVar[Any]
     processor_class: ClassVar[Any]
 
