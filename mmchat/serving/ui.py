@@ -109,18 +109,17 @@ def conversation_context(history: list[dict[str, Any]]) -> tuple[str | None, lis
     return image, turns
 
 
-class SettingSlider(gr.Slider):
+def setting_slider(*args: Any, **kwargs: Any) -> gr.Slider:
     """A slider that hands its value to the chat function as sent, unrounded and unchecked.
 
     `gr.Slider` checks and rounds in preprocessing, before the chat function runs: an API caller's
     `null` there is a TypeError, answered "The upstream Gradio app has raised an exception".
     `GenerationSettings.from_request` checks every setting instead, with a message in the chat.
+    (Set on the instance: a subclass of a Gradio component writes a `.pyi` file beside this one.)
     """
-
-    is_template = True  # drawn by the browser as the plain slider it is
-
-    def preprocess(self, payload: Any) -> Any:
-        return payload
+    slider = gr.Slider(*args, **kwargs)
+    slider.preprocess = lambda payload: payload
+    return slider
 
 
 def _message_parts(message: Any) -> tuple[list[str], Any]:
@@ -261,9 +260,9 @@ def build_demo(engine: ChatEngine, examples: list[dict[str, Any]] | None = None)
         placeholder="Upload an image and ask about it, or pick an example below.",
     )
     setting_inputs = [
-        SettingSlider(1, MAX_NEW_TOKENS, value=defaults.max_new_tokens, step=1, label="Max new tokens"),
+        setting_slider(1, MAX_NEW_TOKENS, value=defaults.max_new_tokens, step=1, label="Max new tokens"),
         gr.Checkbox(value=defaults.do_sample, label="Sample", info="Off: greedy decoding (deterministic)."),
-        SettingSlider(0.05, 2.0, value=defaults.temperature, step=0.05, label="Temperature", info="Used when sampling."),
+        setting_slider(0.05, 2.0, value=defaults.temperature, step=0.05, label="Temperature", info="Used when sampling."),
     ]
     demo = gr.ChatInterface(
         respond,

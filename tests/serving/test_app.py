@@ -150,6 +150,9 @@ class StubEngine:
     def describe(self) -> str:
         return "stub model · none on cpu"
 
+    def check(self, image: Any, question: str) -> tuple[Image.Image, str]:
+        return Image.open(image), question
+
     def stream(self, image: Any, question: str, history: list[Turn], settings: GenerationSettings) -> Iterator[str]:
         self.calls.append((image, question, list(history)))
         yield "stub"
