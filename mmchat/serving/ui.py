@@ -287,6 +287,10 @@ def build_demo(engine: ChatEngine, examples: list[dict[str, Any]] | None = None)
         # Conversations kept in the browser's local storage, listed beside the chat, each deletable.
         save_history=True,
     )
+    # Saved chats are encrypted in the browser with a key from the page's config, random per start
+    # by default: an app restart would then lose them all. The key is public either way (it is in
+    # the config), so a fixed one costs nothing and keeps the chats across restarts.
+    demo.saved_conversations.secret = "mmchat-saved-conversations"
     with demo:
         # Stop cancels the answer; the mark says why it is short (and keeps it out of the history).
         demo.textbox.stop(mark_stopped, [demo.chatbot], [demo.chatbot, demo.chatbot_state], queue=False)
