@@ -26,7 +26,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
     parser = argparse.ArgumentParser(description="Chat about an image with an mmchat model.")
     parser.add_argument(
-        "--model", default=env("MMCHAT_MODEL") or default_model(), help="checkpoint folder or hub id (env MMCHAT_MODEL)"
+        "--model", default=env("MMCHAT_MODEL") or default_model(), help="checkpoint folder, hub id, or openai:http://HOST:PORT/v1#MODEL_ID for a model server (env MMCHAT_MODEL)"
     )
     parser.add_argument(
         "--quantization",
