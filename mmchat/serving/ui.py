@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.components.multimodal_textbox import MultimodalData
 from gradio.processing_utils import save_pil_to_cache
 from gradio.utils import get_upload_folder
+from pydantic import model_validator
 
 from .engine import ChatEngine, ChatInputError, GenerationSettings, ImageInputError, ServingError, Turn
 from .images import NOTES
@@ -120,6 +122,39 @@ def setting_slider(*args: Any, **kwargs: Any) -> gr.Slider:
     slider = gr.Slider(*args, **kwargs)
     slider.preprocess = lambda payload: payload
     return slider
+
+
+class LenientMessageData(MultimodalData):
+    """The textbox's data model, lenient where an API caller is careless: a plain string is the
+    question, a missing or non-text "text" becomes text, a "files" that is not a list is ignored.
+
+    Gradio validates a message against the data model before the chat function runs; a failure
+    there would reach the caller as "The upstream Gradio app has raised an exception".
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _coerce(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return {"text": value if isinstance(value, str) else str(value), "files": []}
+        value = dict(value)
+        text = value.get("text")
+        value["text"] = text if isinstance(text, str) else ("" if text is None else str(text))
+        if not isinstance(value.get("files", []), list):
+            value["files"] = []
+        return value
+
+
+def lenient_textbox(**kwargs: Any) -> gr.MultimodalTextbox:
+    """A `gr.MultimodalTextbox` whose API input is `LenientMessageData`; `null` is an empty message.
+
+    (Set on the instance: a subclass of a Gradio component writes a `.pyi` file beside this one.)
+    """
+    textbox = gr.MultimodalTextbox(**kwargs)
+    textbox.data_model = LenientMessageData
+    preprocess = textbox.preprocess
+    textbox.preprocess = lambda payload: preprocess(LenientMessageData(text="") if payload is None else payload)
+    return textbox
 
 
 def _message_parts(message: Any) -> tuple[list[str], Any]:
@@ -251,7 +286,7 @@ def build_demo(engine: ChatEngine, examples: list[dict[str, Any]] | None = None)
         overlay = _overlay_message(engine, image, question, answer, turns)
         yield [answer, *([overlay] if overlay else []), *(f"{INFO} {note}" for note in notes)]
 
-    textbox = gr.MultimodalTextbox(
+    textbox = lenient_textbox(
         # Named as well as "image": some pickers do not count HEIC/AVIF as images.
         file_types=["image", ".heic", ".heif", ".avif"],
         file_count="single",

@@ -211,9 +211,16 @@ def test_every_setting(running_app: str, reference: Any, tmp_path: Path, way: st
 def test_odd_messages_over_raw_http(running_app: str, reference: Any, tmp_path: Path) -> None:
     raw = RawHTTP(running_app)
     png = encode(scene(), "PNG")
-    # No files at all: a question with no image in a fresh session.
-    reply = raw.chat({"text": "What color is the square?", "files": []})
-    assert refusal(reply) == f"{NOTICE} Please upload an image first, then ask about it."
+    upload_first = f"{NOTICE} Please upload an image first, then ask about it."
+    # No image, in every shape a careless caller may send a message: each gets the same message.
+    for message in ({"text": "What color is the square?", "files": []}, "What color is the square?", None,
+                    {"text": "What color is the square?", "files": "scene.png"}, {"files": []}, 5):
+        assert refusal(raw.chat(message)) == upload_first, message
+    # A null or non-text question with an image.
+    reply = raw.chat({"text": None, "files": [raw.file("s.png", png)]})
+    assert refusal(reply) == f"{NOTICE} Please type a question about the image."
+    reply = raw.chat({"text": 42, "files": [raw.file("s.png", png)]})
+    assert refusal(reply).startswith(f"{NOTICE} That question has no letters")
     reply = raw.chat({"text": "What color is the square?", "files": [raw.file("s.png", png)]}, (1, False, 0.7))
     answer, notes = answer_and_notes(reply)
     assert answer == reference(png, QUESTION, 1)
