@@ -206,3 +206,5 @@ def test_the_app_answers_through_the_server(server, checkpoint, local, tmp_path)
             {"text": "how many shapes are there", "files": [handle_file(str(image))]}, api_name="/chat"
         )
     assert reply == [expected]  # the answer, and no attention picture after it
+    # Users are not queued behind one another in the app: the server batches their questions.
+    assert "16 answer(s) at once" in (tmp_path / "app.log").read_text()

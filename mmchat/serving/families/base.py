@@ -35,6 +35,8 @@ class FamilyAdapter:
     `streams_itself`: the adapter answers through `stream_answer` (a family with no local model,
     such as a remote server) instead of the engine running `model.generate` with a streamer.
     `remote`: the answers come from another machine (the UI says so).
+    `default_concurrency`: answers the app streams at once unless told otherwise: one for a model
+    in this process, many for a server that batches them.
     """
 
     family: ClassVar[str]
@@ -44,6 +46,7 @@ class FamilyAdapter:
     skip_modules: ClassVar[dict[str, list[str]]] = {}
     streams_itself: ClassVar[bool] = False
     remote: ClassVar[bool] = False
+    default_concurrency: ClassVar[int] = 1
     model_class: ClassVar[Any]
     processor_class: ClassVar[Any]
 

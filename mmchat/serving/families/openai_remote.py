@@ -36,6 +36,9 @@ CONNECT_TIMEOUT_S = 10.0
 # and every turn sends the image again.
 MAX_IMAGE_SIDE = 1120
 BATCH_WORKERS = 8  # requests in flight at once for `answer_batch`; the server batches them
+# Chats the app streams at once by default: the server batches them (continuous batching), so
+# users need not wait in the app's queue for one another.
+CONCURRENT_CHATS = 16
 
 
 def parse_source(source: str) -> tuple[str, str]:
@@ -108,6 +111,7 @@ class OpenAIRemoteAdapter(FamilyAdapter):
     shows_attention = False
     remote = True
     streams_itself = True
+    default_concurrency = CONCURRENT_CHATS
 
     def __init__(self, base_url: str, model_id: str, api_key: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
         super().__init__(model=None, processor=None)
