@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # Imported here so that `--help` and bad flags answer at once, without loading torch.
     from mmchat.serving.engine import ChatEngine, LoadError
-    from mmchat.serving.ui import build_demo
+    from mmchat.serving.ui import MAX_FILE_SIZE, build_demo
 
     try:
         engine = ChatEngine.from_pretrained(args.model, quantization=args.quantization, device=args.device)
@@ -79,7 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine.scheduler.max_batch = concurrency
     demo.queue(default_concurrency_limit=concurrency, max_size=args.max_queue)
     # Each answer in flight holds one of Gradio's worker threads while it waits for its tokens.
-    demo.launch(server_name=args.host, server_port=args.port, max_threads=max(40, concurrency + 8))
+    demo.launch(
+        server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_SIZE, max_threads=max(40, concurrency + 8)
+    )
     return 0
 
 
