@@ -436,10 +436,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--turns", type=int, default=3)
     p.add_argument("--baseline-users", type=int, nargs="+", default=[1, 16])
     p.add_argument("--app", action="store_true", help="also measure the running app through gradio_client")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads, for every path (0: torch's default)")
     p.add_argument("--json", help="write every figure here")
     p.add_argument("--serve-legacy", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     if args.serve_legacy:
         serve_legacy(args.model, args.device, args.serve_legacy)
         return 0
@@ -448,7 +451,11 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model if args.family == "mmchat" else build_family(args.family, args.size, args.device, work / args.family)
     adapter = load_model(model, quantization=args.quantization, device=args.device)
     tokenizer = adapter.tokenizer
-    print(f"model {model} ({args.family}, {args.quantization}, {args.device}); {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.1f}")
+    print(
+        f"model {model} ({args.family}, {args.quantization}, {args.device}); {os.cpu_count()} CPUs, "
+        f"{torch.get_num_threads()} torch threads; load {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     rows: list[tuple[str, int, dict[str, Any]]] = []
     results: dict[str, dict[int, dict[str, Any]]] = {"legacy": {}, "engine": {}}
 
@@ -459,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         r = run_users(engine_ask(legacy, tokenizer), convs_all[:n])
         count_tokens(r, tokenizer)
         results["legacy"][n] = r
+        print(f"  today, {n} users: {r['answers_s']:.2f} answers/s", flush=True)
         rows.append(("today (batch-1 generate, second-pass heat-map)", n, r))
 
     engine = ChatEngine(adapter, max_batch=max(args.users))
@@ -468,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         r = run_users(engine_ask(engine, tokenizer), conversations(n, args.turns, seed=1000 + n))
         count_tokens(r, tokenizer)
         results["engine"][n] = r
+        print(f"  engine, {n} users: {r['answers_s']:.2f} answers/s", flush=True)
         rows.append(("engine", n, r))
     # Heat-map cost: the same lone conversations with recording off and no picture drawn, alternating.
     bare = ChatEngine(adapter, record_attention=False)
@@ -498,8 +507,8 @@ def main(argv: list[str] | None = None) -> int:
 
     app_rows: list[tuple[str, int, dict[str, Any]]] = []
     if args.app:
-        app_cmd = [sys.executable, "app.py", "--model", model, "--device", args.device, "--quantization", args.quantization]
-        legacy_cmd = [sys.executable, __file__, "--model", model, "--device", args.device, "--serve-legacy"]
+        app_cmd = [sys.executable, "app.py", "--model", model, "--device", args.device, "--quantization", args.quantization, "--threads", str(args.threads)]
+        legacy_cmd = [sys.executable, __file__, "--model", model, "--device", args.device, "--threads", str(args.threads), "--serve-legacy"]
         for name, cmd in (("app, today", legacy_cmd), ("app", [*app_cmd, "--port"])):
             process, url = serve(cmd, work)
             try:
@@ -509,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
                     count_tokens(r, tokenizer)
                     results.setdefault(name, {})[n] = r
                     app_rows.append((name, n, r))
+                    print(f"  {name}, {n} users: {r['answers_s']:.2f} answers/s", flush=True)
             finally:
                 process.terminate()
                 process.wait(timeout=20)

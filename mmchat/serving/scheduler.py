@@ -297,10 +297,11 @@ class Scheduler:
     def _advance(self, batch: _Batch, logits: torch.Tensor, weights: torch.Tensor | None) -> _Batch | None:
         """Choose each row's next token, hand it out, and drop the rows that are done."""
         tokens = choose_tokens(logits, batch.rows)
+        rows_weights = weights.float().cpu().unbind(0) if weights is not None else None
         keep = []
         for i, (request, token) in enumerate(zip(batch.rows, tokens.tolist())):
-            if weights is not None:
-                request.attention.append(weights[i].float().cpu())
+            if rows_weights is not None:
+                request.attention.append(rows_weights[i])
             request.emit(token)
             if token in self.eos or len(request.tokens) >= request.max_new_tokens:
                 self._remember(batch, i, request)
