@@ -63,6 +63,9 @@ class LegacyEngine:
     def describe(self) -> str:
         return f"{Path(str(getattr(self.adapter, 'source', '?'))).name} · legacy · one at a time"
 
+    def check(self, image: Any, question: str | None) -> tuple[Image.Image, str]:
+        return ChatEngine.check(self, image, question)  # the same input checks the app makes
+
     def _inputs(self, image: Image.Image, question: str, history: list[Turn]) -> dict[str, torch.Tensor]:
         history = list(history) if self.adapter.multi_turn else []
         limit = self.adapter.max_context_tokens()
