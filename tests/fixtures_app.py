@@ -55,13 +55,14 @@ def engine(tiny_checkpoint: str) -> ChatEngine:
 
 
 @contextmanager
-def serve_app(args: list[str], folder: Path, app_dir: Path = ROOT) -> Iterator[str]:
-    """`python app.py ARGS` on a free port, its uploads and log in `folder`; yields its URL.
+def serve_app(args: list[str], folder: Path, port: int | None = None, app_dir: Path = ROOT) -> Iterator[str]:
+    """`python app.py ARGS` on `port` (a free one by default), its uploads and log in `folder`; yields its URL.
 
+    The same port again is the same origin to a browser: its local storage (saved chats) carries over.
     `app_dir` holds the `app.py` to run, and is its working directory; another folder than this
     repository (a staged Space) runs without PYTHONPATH, so it imports only what it holds.
     """
-    port = free_port()
+    port = port or free_port()
     log = folder / "app.log"
     env = {
         **os.environ,
