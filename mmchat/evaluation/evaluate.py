@@ -21,6 +21,7 @@ from ..data.vqa import VQAExample, load_vqa
 from ..serving.engine import ChatEngine, GenerationSettings, LoadError
 from ..serving.images import load_image
 from ..serving.loading import DEFAULT_MODEL, QUANTIZATIONS
+from .v2_metrics import format_v2_scores, v2_scores
 from .vqa_metric import score_predictions
 
 
@@ -28,7 +29,7 @@ def predict(
     engine: ChatEngine,
     examples: Sequence[VQAExample],
     batch_size: int = 64,
-    max_new_tokens: int = 8,
+    max_new_tokens: int = 64,
     progress: bool = True,
     blind: bool = False,
 ) -> list[dict]:
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="folder in the VQA v2 layout")
     parser.add_argument("--predictions", required=True, help="where to write the answers (JSON)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-new-tokens", type=int, default=8)
+    # A description of six objects is about 45 tokens; a one-word answer ends at once anyway.
+    parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--quantization", default="auto", choices=QUANTIZATIONS)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.predictions).write_text(json.dumps(predictions))
     if all(ex.answers for ex in examples):
         print(format_scores(score_predictions(predictions, examples)))
+        print(format_v2_scores(v2_scores(predictions, examples)))
     else:
         print(f"wrote {len(predictions)} answers; {args.data} has no annotations to score them against")
     return 0

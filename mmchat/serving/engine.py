@@ -17,13 +17,15 @@ from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from .families import FamilyAdapter, Turn
+from .gate import UNANSWERABLE
 from .images import ImageInputError, load_image
 from .loading import LoadError, load_model
 from .overlay import overlay_attention
+from .panels import object_panels, object_phrases
 
 MAX_QUESTION_CHARS = 1000
 # What callers (the UI, the evaluation CLI) need, from one place.
-__all__ = ["ChatEngine", "ChatInputError", "GenerationSettings", "ImageInputError", "LoadError", "Turn"]
+__all__ = ["ChatEngine", "ChatInputError", "GenerationSettings", "ImageInputError", "LoadError", "Turn", "UNANSWERABLE"]
 
 
 class ChatInputError(ValueError):
@@ -92,6 +94,14 @@ class ChatEngine:
             )
         return load_image(image), question
 
+    def _asked(self, image: Image.Image, question: str, history: list[Turn]) -> tuple[str | None, list[Turn]]:
+        """What the model is asked, and the history it sees: the adapter's world gate (if its
+        checkpoint has one) may decline (None: the answer is `unanswerable`) or reword."""
+        gate = self.adapter.world_gate
+        if gate is None:
+            return question, history
+        return gate.ask(image, question), gate.history(history)
+
     def _fit_history(self, image: Image.Image, question: str, history: list[Turn]) -> dict[str, torch.Tensor]:
         """Inputs with as much history as fits the context window, oldest turns dropped first."""
         history = list(history) if self.adapter.multi_turn else []
@@ -116,7 +126,11 @@ class ChatEngine:
         """Yield the answer so far, growing, until generation ends or `stop_event` is set."""
         image, question = self.check(image, question)
         settings = settings or GenerationSettings()
-        inputs = self._fit_history(image, question, history or [])
+        question, history = self._asked(image, question, history or [])
+        if question is None:
+            yield UNANSWERABLE
+            return
+        inputs = self._fit_history(image, question, history)
         stop_event = stop_event or threading.Event()
         streamer = TextIteratorStreamer(
             self.adapter.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=self.timeout_s
@@ -164,14 +178,43 @@ class ChatEngine:
         """Answer many single-turn questions at once (evaluation): one padded generate call."""
         settings = settings or GenerationSettings()
         checked = [self.check(image, question) for image, question in zip(images, questions)]
-        return self.adapter.answer_batch([c[0] for c in checked], [c[1] for c in checked], settings.generate_kwargs())
+        asked = [(image, self._asked(image, question, [])[0]) for image, question in checked]
+        answers = [UNANSWERABLE] * len(asked)
+        kept = [i for i, (_, question) in enumerate(asked) if question is not None]
+        if kept:
+            found = self.adapter.answer_batch(
+                [asked[i][0] for i in kept], [asked[i][1] for i in kept], settings.generate_kwargs()
+            )
+            for i, answer in zip(kept, found):
+                answers[i] = answer
+        return answers
 
     def attention_overlay(self, image: Any, question: str, answer: str, history: list[Turn] | None = None) -> Image.Image | None:
         """The image with the model's cross-attention for `answer` drawn over it, where the family has it."""
-        if not self.adapter.shows_attention or not answer:
+        if not self.adapter.shows_attention or not answer or answer == UNANSWERABLE:
             return None
         image, question = self.check(image, question)
-        inputs = self._fit_history(image, question, history or [])
+        question, history = self._asked(image, question, history or [])
+        if question is None:
+            return None
+        inputs = self._fit_history(image, question, history)
         answer_ids = self.adapter.tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
         grid = self.adapter.attention_grid(inputs, answer_ids)
         return None if grid is None else overlay_attention(image, np.asarray(grid))
+
+    def object_overlays(
+        self, image: Any, question: str, answer: str, history: list[Turn] | None = None
+    ) -> list[tuple[str, Image.Image]]:
+        """For a description: (phrase, overlay) per object it names, each from the attention of
+        that phrase's tokens; [] when the answer names no object or the family shows no attention."""
+        token_attention = getattr(self.adapter, "token_attention", None)
+        if token_attention is None or not object_phrases(answer):
+            return []
+        image, question = self.check(image, question)
+        question, history = self._asked(image, question, history or [])
+        if question is None:
+            return []
+        inputs = self._fit_history(image, question, history)
+        encoded = self.adapter.tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)
+        grids = token_attention(inputs, torch.tensor(encoded["input_ids"]))
+        return [] if grids is None else object_panels(image, answer, encoded["offset_mapping"], grids)

@@ -34,6 +34,7 @@ class FamilyAdapter:
     skip_modules: ClassVar[dict[str, list[str]]] = {}
     model_class: ClassVar[Any]
     processor_class: ClassVar[Any]
+    world_gate: Any = None  # the checkpoint's `mmchat.serving.gate.WorldGate`, set by the loader if it has one
 
     def __init__(self, model: torch.nn.Module, processor: Any):
         self.model = model

@@ -35,15 +35,21 @@ class MMChatAdapter(FamilyAdapter):
         prompts = [self.processor.prompt([{"role": "user", "content": q}]) for q in questions]
         return self.generate_continuations(self.processor(images=images, text=prompts), generate_kwargs)
 
-    def attention_grid(self, inputs: dict[str, torch.Tensor], answer_ids: torch.Tensor) -> np.ndarray | None:
+    def token_attention(self, inputs: dict[str, torch.Tensor], answer_ids: torch.Tensor) -> np.ndarray | None:
+        """(answer tokens, h, w): where the position that predicted each answer token looked."""
         if answer_ids.numel() == 0:
             return None
         ids = torch.cat([inputs["input_ids"], answer_ids[None].to(self.device)], dim=1)
         with torch.no_grad():
             out = self.model(input_ids=ids, pixel_values=inputs["pixel_values"], output_cross_attentions=True)
-        # Where the tokens that predicted the answer looked: (layers, B, nh, T, N) -> (N,)
+        # (layers, B, nh, T, N) -> (n_answer, N), averaged over layers and heads
         n_answer = answer_ids.numel()
-        weights = torch.stack(out.cross_attentions)[:, 0, :, -n_answer - 1 : -1].float().mean(dim=(0, 1, 2))
-        side = math.isqrt(weights.numel())  # a square grid of patches (or CNN cells)
-        weights = weights[-side * side :]  # drop a ViT's CLS token, keep the patch grid
-        return stretch(weights.reshape(side, side).cpu().numpy())
+        weights = torch.stack(out.cross_attentions)[:, 0, :, -n_answer - 1 : -1].float().mean(dim=(0, 1))
+        side = math.isqrt(weights.shape[-1])  # a square grid of patches (or CNN cells)
+        weights = weights[:, -side * side :]  # drop a ViT's CLS token, keep the patch grid
+        return weights.reshape(n_answer, side, side).cpu().numpy()
+
+    def attention_grid(self, inputs: dict[str, torch.Tensor], answer_ids: torch.Tensor) -> np.ndarray | None:
+        # Where the tokens that predicted the answer looked, all together.
+        grids = self.token_attention(inputs, answer_ids)
+        return None if grids is None else stretch(grids.mean(axis=0))
