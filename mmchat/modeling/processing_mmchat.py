@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from transformers import BatchFeature, ProcessorMixin
+from transformers.image_utils import load_image
 
 # One image per conversation: every text token attends over it by cross-attention, so the
 # template needs no image placeholder. Turns end with <|end|>, the EOS token.
@@ -41,6 +42,27 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def one_image_each(images: Image.Image | str | list[Any]) -> list[Image.Image]:
+    """A flat list with one image per conversation, from an image, a list, or a list of lists.
+
+    Chat messages may name an image by path, URL or base64 (`{"type": "image", "url": ...}`);
+    transformers' `load_image` opens those.
+    """
+    if isinstance(images, Image.Image | str):
+        images = [images]
+    flat = []
+    for item in images:
+        if isinstance(item, list | tuple):
+            if len(item) != 1:
+                raise ValueError(
+                    f"mmchat models read one image per conversation; got {len(item)}. "
+                    "Start a new conversation for another image."
+                )
+            item = item[0]
+        flat.append(load_image(item) if isinstance(item, str) else item)
+    return flat
+
+
 class MMChatProcessor(ProcessorMixin):
     """Image processor + tokenizer + chat template, saved and loaded with the checkpoint."""
 
@@ -49,17 +71,25 @@ class MMChatProcessor(ProcessorMixin):
 
     def __call__(
         self,
-        images: Image.Image | list[Image.Image] | None = None,
+        images: Image.Image | list[Image.Image] | list[list[Image.Image]] | None = None,
         text: str | list[str] | None = None,
+        videos: Any = None,
+        audio: Any = None,
         return_tensors: str = "pt",
         **kwargs: Any,
     ) -> BatchFeature:
+        """Tokens for `text` (left-padded) and pixels for `images`, one image per text.
+
+        `images` may also be one list per conversation, as `apply_chat_template(..., tokenize=True)`
+        and the image-text-to-text pipeline give them; each must hold exactly one image.
+        """
+        if videos is not None or audio is not None:
+            raise ValueError("mmchat models read images and text only, not videos or audio.")
         data: dict[str, Any] = {}
         if text is not None:
-            data.update(self.tokenizer(text, return_tensors=return_tensors, padding=True, **kwargs))
+            data.update(self.tokenizer(text, return_tensors=return_tensors, **{"padding": True, **kwargs}))
         if images is not None:
-            images = [images] if isinstance(images, Image.Image) else list(images)
-            images = [to_rgb(image) for image in images]
+            images = [to_rgb(image) for image in one_image_each(images)]
             data.update(self.image_processor(images, return_tensors=return_tensors))
         return BatchFeature(data=data)
 

@@ -2,7 +2,12 @@
 
     python -m mmchat train --out runs/shapes --steps 20000              # CPU smoke test or one GPU
     accelerate launch -m mmchat train --out runs/shapes --steps 20000   # DDP / FSDP / DeepSpeed
+    accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m mmchat train ...  # 2 CPU processes
     python -m mmchat train --out runs/shapes --resume                   # continue the latest checkpoint
+
+Across processes: `--batch-size` is per process, each process draws its own conversations (its
+streams are seeded by its rank), the evaluation split is shared out and gathered, and the model is
+saved from one full state dict, so the same loop runs under DDP, FSDP or DeepSpeed.
 
 Data: ShapesVQA rendered on the fly (`--shapes-weight`), plus any VQA-layout folders given with
 `--vqa-data` (easy-vqa's converted train split, or real VQA). Evaluation: VQA accuracy on a fixed
@@ -16,6 +21,7 @@ import json
 import math
 import random
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
@@ -222,13 +228,53 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
-def evaluate_model(model, processor, examples: list[VQAExample], batch_size: int = 128) -> dict:
+def evaluate_model(
+    model, processor, examples: list[VQAExample], batch_size: int = 128, accelerator: Accelerator | None = None,
+    predictions_path: Path | None = None,
+) -> dict:
+    """VQA accuracy on `examples`; with an accelerator, every process answers its share and all are gathered.
+
+    Every process calls this (it is collective). The shares are padded to equal length, so that
+    each process runs as many generate calls as the others (FSDP and ZeRO-3 gather weights in
+    each forward, and `generate` syncs them); the padding repeats a question and is dropped by id.
+    The main process writes the answers to `predictions_path`, as `python -m mmchat evaluate` does.
+    """
     engine = ChatEngine(MMChatAdapter(model, processor))
     was_training = model.training
     model.eval()
-    predictions = predict(engine, examples, batch_size=batch_size, progress=False)
+    if accelerator is None or accelerator.num_processes == 1:
+        predictions = predict(engine, examples, batch_size=batch_size, progress=False)
+    else:
+        with accelerator.split_between_processes(list(examples), apply_padding=True) as share:
+            mine = predict(engine, share, batch_size=batch_size, progress=False)
+        gathered = accelerator.gather_for_metrics(mine, use_gather_object=True)
+        by_id = {p["question_id"]: p for p in gathered}
+        predictions = [by_id[ex.question_id] for ex in examples]
     model.train(was_training)
+    if predictions_path is not None and (accelerator is None or accelerator.is_main_process):
+        predictions_path.write_text(json.dumps(predictions))
     return score_predictions(predictions, examples)
+
+
+def batch_crc(batch: dict[str, torch.Tensor]) -> int:
+    """A fingerprint of a batch's token ids: the log shows that the processes drew different data."""
+    return zlib.crc32(batch["input_ids"].numpy().tobytes())
+
+
+def save_final(accelerator: Accelerator, trainee: torch.nn.Module, processor: MMChatProcessor, final: Path) -> None:
+    """Save the plain model (training-only heads stay behind) from one full state dict.
+
+    `get_state_dict` is collective (FSDP and ZeRO-3 gather the shards into it), so every process
+    calls it; only the main process writes.
+    """
+    state_dict = accelerator.get_state_dict(trainee)
+    unwrapped = accelerator.unwrap_model(trainee)
+    model = getattr(unwrapped, "model", unwrapped)  # AlignmentModel and CentreModel hold it as .model
+    if model is not unwrapped:
+        state_dict = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
+    if accelerator.is_main_process:
+        model.save_pretrained(final, state_dict=state_dict, save_function=accelerator.save)
+        processor.save_pretrained(final)
 
 
 def out_of_time(accelerator: Accelerator, t0: float, minutes: float) -> bool:
@@ -296,7 +342,12 @@ def train(cfg: TrainConfig) -> Path:
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     # The loader is endless and already different per process by its seed, so it is not prepared.
-    trainee, optimizer, scheduler = accelerator.prepare(trainee, optimizer, scheduler)
+    # The scheduler is not prepared: accelerate would step it once per process per step, and --steps
+    # and --warmup count optimizer steps whatever the number of processes. It steps below, once per
+    # optimizer step, and is saved with the checkpoints as a registered object.
+    if accelerator.state.deepspeed_plugin is not None:  # DeepSpeed sizes its engine by the batch it cannot see here
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
+    trainee, optimizer = accelerator.prepare(trainee, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     if latest is not None:
         accelerator.load_state(str(latest))
@@ -308,7 +359,8 @@ def train(cfg: TrainConfig) -> Path:
     accelerator.wait_for_everyone()
     eval_examples = load_vqa(eval_dir)
     log_path = out / "log.jsonl"
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if accelerator.is_main_process:
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     trainee.train()
     batches = iter(loader)
@@ -316,9 +368,13 @@ def train(cfg: TrainConfig) -> Path:
     t0, loss_sum, loss_n, metrics = time.time(), 0.0, 0, {}
     end = min(cfg.stop_at, cfg.steps) if cfg.stop_at else cfg.steps
     timed_out = False
+    first_crcs: list[int] | None = None
     while step < end:
         for _ in range(cfg.grad_accum):
             batch = next(batches)
+            if first_crcs is None:  # collective, so every process takes part, once per run
+                crc = torch.tensor([batch_crc(batch)], dtype=torch.long, device=accelerator.device)
+                first_crcs = accelerator.gather(crc).tolist()  # one per process
             with accelerator.accumulate(trainee):
                 outputs = trainee(**{k: v.to(accelerator.device) for k, v in batch.items()})
                 loss = outputs["loss"]
@@ -327,7 +383,8 @@ def train(cfg: TrainConfig) -> Path:
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(trainee.parameters(), 1.0)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
                 optimizer.zero_grad()
             loss_sum += loss.detach().float().item()
             loss_n += 1
@@ -340,11 +397,16 @@ def train(cfg: TrainConfig) -> Path:
             loss_avg = accelerator.gather(torch.tensor(loss_sum / loss_n, device=accelerator.device)).mean().item()
             record = {"step": step, "loss": round(loss_avg, 4), "lr": scheduler.get_last_lr()[0],
                       "elapsed_s": round(time.time() - t0, 1), **metrics}
+            if first_crcs:  # the first record of a run: which data each process started on
+                record.update(processes=accelerator.num_processes, first_batch_crc=first_crcs)
+                first_crcs = []
             bar.set_postfix(loss=f"{loss_avg:.4f}")
             loss_sum, loss_n = 0.0, 0
             if cfg.stage == "vqa" and (step % cfg.eval_every == 0 or step == end):
+                unwrapped = accelerator.unwrap_model(trainee)
+                scores = evaluate_model(getattr(unwrapped, "model", unwrapped), processor, eval_examples,
+                                        accelerator=accelerator, predictions_path=out / "eval-predictions.json")
                 if accelerator.is_main_process:
-                    scores = evaluate_model(model, processor, eval_examples)
                     record["eval_accuracy"] = round(scores["overall"], 2)
                     record["eval_per_family"] = {k: round(v, 1) for k, v in scores["per_question_type"].items()}
                     accelerator.print(f"\nstep {step}: " + format_scores(scores).replace("\n", " | "))
@@ -353,9 +415,9 @@ def train(cfg: TrainConfig) -> Path:
                     f.write(json.dumps(record) + "\n")
         if step % cfg.save_every == 0 or step == end:
             accelerator.save_state(str(checkpoints / f"step-{step}"))
-            keep = sorted(checkpoints.iterdir(), key=lambda p: int(p.name.split("-")[-1]))[:-2]
+            accelerator.wait_for_everyone()  # every process has written its part before old ones go
             if accelerator.is_main_process:
-                for old in keep:
+                for old in sorted(checkpoints.iterdir(), key=lambda p: int(p.name.split("-")[-1]))[:-2]:
                     for f in sorted(old.rglob("*"), reverse=True):
                         f.unlink() if f.is_file() else f.rmdir()
                     old.rmdir()
@@ -365,10 +427,9 @@ def train(cfg: TrainConfig) -> Path:
         accelerator.print(f"stopped at step {end} of {cfg.steps}; --resume continues from {checkpoints / f'step-{end}'}")
         return checkpoints / f"step-{end}"
     final = out / "final"
-    if accelerator.is_main_process:
-        model.save_pretrained(final)  # the plain model: training-only heads stay behind
-        processor.save_pretrained(final)
-        accelerator.print(f"saved {final}")
+    save_final(accelerator, trainee, processor, final)
+    accelerator.wait_for_everyone()
+    accelerator.print(f"saved {final}")
     return final
 
 

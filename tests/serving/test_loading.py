@@ -35,16 +35,22 @@ def test_quantized_load_is_close_and_smaller(tiny_checkpoint, full, mode, min_co
     assert share < max_share, f"{mode} uses {share:.0%} of the fp32 memory"
 
 
-def test_auto_picks_full_precision_on_the_cpu(full, tiny_checkpoint):
+def test_auto_picks_the_gpu_in_nf4_or_the_cpu_in_full_precision(full, tiny_checkpoint):
     adapter = load_model(tiny_checkpoint, device="auto")
-    assert adapter.quantization == "none" and adapter.device_name == "cpu"
+    expected = ("nf4", "cuda") if torch.cuda.is_available() else ("none", "cpu")
+    assert (adapter.quantization, adapter.device_name) == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU, so device='cuda' is valid")
+def test_cuda_without_a_gpu_says_so(tiny_checkpoint):
+    with pytest.raises(LoadError, match="no CUDA GPU"):
+        load_model(tiny_checkpoint, device="cuda")
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
         ({"quantization": "fp3"}, "Unknown quantization 'fp3'"),
-        ({"device": "cuda"}, "no CUDA GPU"),
         ({"device": "tpu"}, "Unknown device"),
     ],
 )
