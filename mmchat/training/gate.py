@@ -28,6 +28,12 @@ from ..data.out_of_world import TRAIN_SOURCES, out_of_world_image
 from ..data.shapes import SIDE_RANGE, render_scene, sample_scene
 from ..serving.gate import FEATURES, WorldGate, image_features
 
+# What the app's note says this world is, and questions it can answer (world_gate.json carries them).
+ABOUT = ("coloured circles, squares and triangles (red, green, blue, yellow, purple or orange; small or "
+         "large) on a plain light background")
+EXAMPLES = ("How many red circles are there?", "Is the small square to the left of the blue triangle?",
+            "Describe the image.")
+
 
 def _jpeg(image: Image.Image, rng: random.Random) -> Image.Image:
     buffer = io.BytesIO()
@@ -84,6 +90,8 @@ def train_gate(n_in: int, n_out: int, seed: int, max_false_declines: float = 0.0
     layers = fit_mlp((x - mean) / scale, y, seed=seed)
     config = {
         "questions": "shapes-vqa-v2",
+        "about": ABOUT,
+        "examples": list(EXAMPLES),
         "image": {"features": list(FEATURES), "mean": mean.tolist(), "scale": scale.tolist(),
                   "layers": [(w.tolist(), b.tolist()) for w, b in layers], "threshold": 0.5},
     }
