@@ -9,13 +9,13 @@
 set -euo pipefail
 model=${1:-models/mmchat-shapes}
 mkdir -p runs/eval-v2
-[ -f data/v2-v1-test/annotations.json ] || python -m mmchat shapes --out data/v2-v1-test --images 300 --seed 20261130 --questions-per-image 5
-[ -f data/v2-independent-224/annotations.json ] || python benchmarks/independent_shapes.py --out data/v2-independent-224 --images 500 --seed 20261131 --side 224
-[ -f data/v2-independent-96/annotations.json ] || python benchmarks/independent_shapes.py --out data/v2-independent-96 --images 500 --seed 20261132 --side 96
-[ -f data/v2-phrasing-test/annotations.json ] || python -m mmchat shapes --out data/v2-phrasing-test --images 300 --seed 20261133 --questions-per-image 5 --phrasing v2
-[ -f data/v2-describe-test/annotations.json ] || python -m mmchat shapes --out data/v2-describe-test --images 300 --seed 20261134 --questions-per-image 1 --families describe --phrasing v2
-[ -f data/v2-oow-images/annotations.json ] || python -m mmchat out-of-world --out data/v2-oow-images --images 300 --seed 20261135
-[ -f data/v2-oow-questions/annotations.json ] || python -m mmchat out-of-world --out data/v2-oow-questions --questions held-out --images 300 --seed 20261136
+[ -f data/v2-v1-test/annotations.json ] || python -m mmchat shapes --out data/v2-v1-test --images 200 --seed 20261130 --questions-per-image 5
+[ -f data/v2-independent-224/annotations.json ] || python benchmarks/independent_shapes.py --out data/v2-independent-224 --images 300 --seed 20261131 --side 224
+[ -f data/v2-independent-96/annotations.json ] || python benchmarks/independent_shapes.py --out data/v2-independent-96 --images 300 --seed 20261132 --side 96
+[ -f data/v2-phrasing-test/annotations.json ] || python -m mmchat shapes --out data/v2-phrasing-test --images 200 --seed 20261133 --questions-per-image 5 --phrasing v2
+[ -f data/v2-describe-test/annotations.json ] || python -m mmchat shapes --out data/v2-describe-test --images 200 --seed 20261134 --questions-per-image 1 --families describe --phrasing v2
+[ -f data/v2-oow-images/annotations.json ] || python -m mmchat out-of-world --out data/v2-oow-images --images 200 --seed 20261135
+[ -f data/v2-oow-questions/annotations.json ] || python -m mmchat out-of-world --out data/v2-oow-questions --questions held-out --images 200 --seed 20261136
 [ -f data/easy-vqa-test/annotations.json ] || python -m mmchat easy-vqa --out data/easy-vqa-test --split test
 for set in v2-v1-test v2-independent-224 v2-independent-96 v2-phrasing-test v2-describe-test v2-oow-images v2-oow-questions easy-vqa-test; do
   echo "== $set"
