@@ -26,7 +26,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
     parser = argparse.ArgumentParser(description="Chat about an image with an mmchat model.")
     parser.add_argument(
-        "--model", default=env("MMCHAT_MODEL") or default_model(), help="checkpoint folder or hub id (env MMCHAT_MODEL)"
+        "--model", default=env("MMCHAT_MODEL") or default_model(), help="checkpoint folder, hub id, or openai:http://HOST:PORT/v1#MODEL_ID for a model server (env MMCHAT_MODEL)"
     )
     parser.add_argument(
         "--quantization",
@@ -48,8 +48,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency",
         type=int,
-        default=int(env("MMCHAT_CONCURRENCY", "1")),
-        help="answers generated at once; more queue up (env MMCHAT_CONCURRENCY)",
+        default=int(env("MMCHAT_CONCURRENCY") or 0),
+        help="answers generated at once; more queue up. 0: the model's default, 1 in this process and 16 "
+        "for a model server, which batches them (env MMCHAT_CONCURRENCY)",
     )
     parser.add_argument(
         "--max-queue",
@@ -71,9 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LoadError as e:
         print(f"mmchat: cannot start: {e}", file=sys.stderr)
         return 2
-    print(f"mmchat: serving {engine.describe()}", flush=True)
+    concurrency = args.concurrency or engine.adapter.default_concurrency
+    print(f"mmchat: serving {engine.describe()}, {concurrency} answer(s) at once", flush=True)
     demo = build_demo(engine)
-    demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
+    demo.queue(default_concurrency_limit=concurrency, max_size=args.max_queue)
     demo.launch(server_name=args.host, server_port=args.port)
     return 0
 

@@ -18,7 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data.vqa import VQAExample, load_vqa
-from ..serving.engine import ChatEngine, GenerationSettings, LoadError
+from ..serving.engine import ChatEngine, GenerationSettings, LoadError, ServingError
 from ..serving.images import load_image
 from ..serving.loading import DEFAULT_MODEL, QUANTIZATIONS
 from .v2_metrics import format_v2_scores, v2_scores
@@ -60,7 +60,7 @@ def format_scores(scores: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mmchat evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="checkpoint folder or hub id")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="checkpoint folder, hub id, or openai:URL#MODEL_ID")
     parser.add_argument("--data", required=True, help="folder in the VQA v2 layout")
     parser.add_argument("--predictions", required=True, help="where to write the answers (JSON)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -79,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     examples = examples[: args.limit] if args.limit else examples
-    predictions = predict(engine, examples, args.batch_size, args.max_new_tokens, blind=args.blind)
+    try:
+        predictions = predict(engine, examples, args.batch_size, args.max_new_tokens, blind=args.blind)
+    except ServingError as e:  # a model server that is down or refuses
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     Path(args.predictions).write_text(json.dumps(predictions))
     if all(ex.answers for ex in examples):
         print(format_scores(score_predictions(predictions, examples)))

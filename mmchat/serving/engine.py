@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from .families import FamilyAdapter, Turn
+from .families import FamilyAdapter, ServingError, Turn
 from .gate import UNANSWERABLE
 from .images import ImageInputError, load_image
 from .loading import LoadError, load_model
@@ -25,7 +25,10 @@ from .panels import object_panels, object_phrases
 
 MAX_QUESTION_CHARS = 1000
 # What callers (the UI, the evaluation CLI) need, from one place.
-__all__ = ["ChatEngine", "ChatInputError", "GenerationSettings", "ImageInputError", "LoadError", "Turn", "UNANSWERABLE"]
+__all__ = [
+    "ChatEngine", "ChatInputError", "GenerationSettings", "ImageInputError", "LoadError", "ServingError", "Turn",
+    "UNANSWERABLE",
+]
 
 
 class ChatInputError(ValueError):
@@ -130,8 +133,11 @@ class ChatEngine:
         if question is None:
             yield UNANSWERABLE
             return
-        inputs = self._fit_history(image, question, history)
         stop_event = stop_event or threading.Event()
+        if self.adapter.streams_itself:
+            yield from self._stream_from_adapter(image, question, history, settings, stop_event)
+            return
+        inputs = self._fit_history(image, question, history)
         streamer = TextIteratorStreamer(
             self.adapter.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=self.timeout_s
         )
@@ -167,6 +173,27 @@ class ChatEngine:
             thread.join(timeout=self.timeout_s)
         if errors:
             raise errors[0]
+
+    def _stream_from_adapter(
+        self, image: Image.Image, question: str, history: list[Turn], settings: GenerationSettings, stop_event: threading.Event
+    ) -> Iterator[str]:
+        """`stream` for an adapter that streams itself (`FamilyAdapter.stream_answer`: e.g. a remote server).
+
+        The one-at-a-time path: the adapter yields pieces, this joins them. The server, not the
+        engine, fits the history to its context (it answers an error if it cannot).
+        """
+        history = list(history) if self.adapter.multi_turn else []
+        pieces = self.adapter.stream_answer(image, question, history, settings.generate_kwargs(), stop_event)
+        text = ""
+        try:
+            for piece in pieces:
+                if stop_event.is_set():  # Stop pressed: show nothing more
+                    break
+                text += piece
+                yield text.strip()
+        finally:
+            stop_event.set()
+            pieces.close()  # ends the request when the consumer stopped early
 
     def answer(self, image: Any, question: str, history: list[Turn] | None = None, settings: GenerationSettings | None = None) -> str:
         text = ""

@@ -3,6 +3,8 @@
     adapter = load_model("models/mmchat-shapes", quantization="nf4", device="auto")
 
 `source` is a local folder or a hub id; the family comes from the config's `model_type`.
+"openai:http://HOST:PORT/v1#MODEL_ID" is a model on an OpenAI-compatible chat-completions server
+(vLLM, SGLang, TGI, `transformers serve`): nothing is loaded here, the server answers.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Literal
 import torch
 from transformers import AutoConfig, BitsAndBytesConfig
 
-from .families import FAMILIES, FamilyAdapter  # importing them registers mmchat with the Auto classes
+from .families import FAMILIES, REMOTE_FAMILIES, FamilyAdapter  # importing them registers mmchat with the Auto classes
 from .gate import WorldGate
 
 Quantization = Literal["auto", "nf4", "int8", "none"]
@@ -68,7 +70,14 @@ def quantization_config(quantization: str, skip_modules: list[str] | None = None
 
 
 def load_model(source: str | Path, quantization: Quantization = "auto", device: str = "auto") -> FamilyAdapter:
-    """Load `source` (local folder or hub id) as the adapter of its family."""
+    """Load `source` (local folder or hub id) as the adapter of its family, or connect to a model server."""
+    for prefix, remote in REMOTE_FAMILIES.items():
+        if str(source).startswith(prefix):
+            # The server holds the model: its quantization and devices are the server's own settings.
+            try:
+                return remote.from_source(str(source))
+            except ValueError as e:
+                raise LoadError(str(e)) from e
     device = resolve_device(device)
     quantization = resolve_quantization(quantization, device)
     try:

@@ -27,7 +27,7 @@ import gradio as gr
 from gradio.processing_utils import save_pil_to_cache
 from gradio.utils import get_upload_folder
 
-from .engine import UNANSWERABLE, ChatEngine, ChatInputError, GenerationSettings, ImageInputError, Turn
+from .engine import UNANSWERABLE, ChatEngine, ChatInputError, GenerationSettings, ImageInputError, ServingError, Turn
 from .panels import panel_sheet
 
 logger = logging.getLogger(__name__)
@@ -175,6 +175,11 @@ def _description(engine: ChatEngine) -> str:
         )
     if getattr(adapter, "shows_attention", False):
         lines.append("Under each answer: where the model looked while answering (bright = attended).")
+    elif getattr(adapter, "remote", False):
+        lines.append(
+            "**Answers come from a model server**, which sends back text only: there is no picture of "
+            "where the model looked."
+        )
     return "\n\n".join(lines)
 
 
@@ -208,9 +213,10 @@ def build_demo(engine: ChatEngine, examples: list[dict[str, Any]] | None = None)
             with closing(engine.stream(image, question, turns, settings)) as stream:
                 for answer in stream:
                     yield answer
-        except (ChatInputError, ImageInputError) as e:
-            # Shown in the chat rather than as an error toast: the user can fix it and carry on.
-            yield [f"{NOTICE} {e}"]
+        except (ChatInputError, ImageInputError, ServingError) as e:
+            # Shown in the chat rather than as an error toast: the user can fix it (or retry) and carry on.
+            # A partial answer stays above the notice: nothing the user saw is lost.
+            yield [answer, f"{NOTICE} {e}"] if answer else [f"{NOTICE} {e}"]
             return
         if not answer:
             yield [f"{NOTICE} The model gave an empty answer; try rephrasing, or switch sampling on."]

@@ -14,11 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mmchat.data.vqa import load_vqa
 from mmchat.evaluation.evaluate import predict
 from mmchat.evaluation.vqa_metric import score_predictions
 from mmchat.serving.engine import ChatEngine, GenerationSettings
 from mmchat.serving.loading import load_model
+from mmchat.training.train import TrainConfig, lr_lambda
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"
@@ -49,6 +52,10 @@ def test_two_processes_train_on_different_data_and_evaluate_like_one(tmp_path):
     assert log[0]["processes"] == 2
     first_batches = log[0]["first_batch_crc"]
     assert len(first_batches) == 2 and first_batches[0] != first_batches[1]  # each drew its own data
+    # The learning rate follows the --steps schedule once per optimizer step, as with one process
+    # (a scheduler prepared by accelerate would step once per process).
+    schedule = lr_lambda(TrainConfig(steps=24, warmup=1))
+    assert [r["lr"] for r in log] == pytest.approx([3e-3 * schedule(12), 3e-3 * schedule(24)])
 
     # The evaluation during training, shared out between the two processes and gathered, against
     # one process answering the same split with the saved model.

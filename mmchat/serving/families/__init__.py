@@ -1,11 +1,13 @@
-"""Model families the app serves, one small adapter each, found by the config's `model_type`."""
+"""Model families the app serves, one small adapter each, found by the config's `model_type`
+(or, for a model on a chat-completions server, by the source's prefix)."""
 
 from __future__ import annotations
 
-from .base import FamilyAdapter, Turn
+from .base import FamilyAdapter, ServingError, Turn
 from .blip import BlipAdapter
 from .mllama import MllamaAdapter
 from .mmchat import MMChatAdapter
+from .openai_remote import OpenAIRemoteAdapter
 
 FAMILIES: dict[str, type[FamilyAdapter]] = {
     model_type: adapter
@@ -13,4 +15,7 @@ FAMILIES: dict[str, type[FamilyAdapter]] = {
     for model_type in adapter.model_types
 }
 
-__all__ = ["FAMILIES", "FamilyAdapter", "Turn"]
+# Chosen by the source's prefix ("openai:URL#MODEL_ID"), not by a checkpoint's model_type.
+REMOTE_FAMILIES: dict[str, type[OpenAIRemoteAdapter]] = {"openai:": OpenAIRemoteAdapter}
+
+__all__ = ["FAMILIES", "REMOTE_FAMILIES", "FamilyAdapter", "ServingError", "Turn"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -18,6 +20,10 @@ class Turn:
     answer: str
 
 
+class ServingError(RuntimeError):
+    """The model could not answer (its server is down, slow, or refused); the message is for the user as it is."""
+
+
 class FamilyAdapter:
     """Wraps a loaded model and its processor; subclasses are registered by `model_type`.
 
@@ -25,6 +31,12 @@ class FamilyAdapter:
     earlier turns are given to the model, and `skip_modules` maps a quantization mode to the modules kept unquantized (because
     bitsandbytes breaks on them). A list replaces transformers' default skips (usually `lm_head`),
     so name those too; no entry for a mode keeps the defaults.
+
+    `streams_itself`: the adapter answers through `stream_answer` (a family with no local model,
+    such as a remote server) instead of the engine running `model.generate` with a streamer.
+    `remote`: the answers come from another machine (the UI says so).
+    `default_concurrency`: answers the app streams at once unless told otherwise: one for a model
+    in this process, many for a server that batches them.
     """
 
     family: ClassVar[str]
@@ -32,6 +44,9 @@ class FamilyAdapter:
     multi_turn: ClassVar[bool] = True
     shows_attention: ClassVar[bool] = False
     skip_modules: ClassVar[dict[str, list[str]]] = {}
+    streams_itself: ClassVar[bool] = False
+    remote: ClassVar[bool] = False
+    default_concurrency: ClassVar[int] = 1
     model_class: ClassVar[Any]
     processor_class: ClassVar[Any]
     world_gate: Any = None  # the checkpoint's `mmchat.serving.gate.WorldGate`, set by the loader if it has one
@@ -60,6 +75,22 @@ class FamilyAdapter:
 
     def answer_batch(self, images: list[Image.Image], questions: list[str], generate_kwargs: dict[str, Any]) -> list[str]:
         """Single-turn answers to many questions in one batched generate (evaluation)."""
+        raise NotImplementedError
+
+    def stream_answer(
+        self,
+        image: Image.Image,
+        question: str,
+        history: list[Turn],
+        generate_kwargs: dict[str, Any],
+        stop_event: threading.Event,
+    ) -> Iterator[str]:
+        """Pieces of the answer as they come, for adapters with `streams_itself` (the engine joins them).
+
+        The one-request-at-a-time path of a family that generates elsewhere: stop yielding once
+        `stop_event` is set; raise `ServingError` with a message for the user when it cannot answer.
+        Closing the generator must end the request.
+        """
         raise NotImplementedError
 
     def to_device(self, batch: Any) -> dict[str, torch.Tensor]:
