@@ -32,7 +32,7 @@ from ..serving.gate import FEATURES, WorldGate, image_features
 ABOUT = ("coloured circles, squares and triangles (red, green, blue, yellow, purple or orange; small or "
          "large) on a plain light background")
 EXAMPLES = ("How many red circles are there?", "Is the small square to the left of the blue triangle?",
-            "Describe the image.")
+            "What color is the large circle?")
 
 
 def _jpeg(image: Image.Image, rng: random.Random) -> Image.Image:
