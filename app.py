@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # Imported here so that `--help` and bad flags answer at once, without loading torch.
     from mmchat.serving.engine import ChatEngine, LoadError
-    from mmchat.serving.ui import build_demo
+    from mmchat.serving.ui import MAX_FILE_SIZE, build_demo
 
     try:
         engine = ChatEngine.from_pretrained(args.model, quantization=args.quantization, device=args.device)
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"mmchat: serving {engine.describe()}, {concurrency} answer(s) at once", flush=True)
     demo = build_demo(engine)
     demo.queue(default_concurrency_limit=concurrency, max_size=args.max_queue)
-    demo.launch(server_name=args.host, server_port=args.port)
+    demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_SIZE)
     return 0
 
 

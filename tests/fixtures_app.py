@@ -55,9 +55,12 @@ def engine(tiny_checkpoint: str) -> ChatEngine:
 
 
 @contextmanager
-def serve_app(args: list[str], folder: Path) -> Iterator[str]:
-    """`python app.py ARGS` on a free port, its uploads and log in `folder`; yields its URL."""
-    port = free_port()
+def serve_app(args: list[str], folder: Path, port: int | None = None) -> Iterator[str]:
+    """`python app.py ARGS` on `port` (a free one by default), its uploads and log in `folder`; yields its URL.
+
+    The same port again is the same origin to a browser: its local storage (saved chats) carries over.
+    """
+    port = port or free_port()
     log = folder / "app.log"
     env = {
         **os.environ,

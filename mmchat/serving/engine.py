@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,39 +21,21 @@ from .images import ImageInputError, load_image
 from .loading import LoadError, load_model
 from .overlay import overlay_attention
 from .panels import object_panels, object_phrases
+from .questions import MAX_QUESTION_CHARS, check_question
+from .settings import ChatInputError, GenerationSettings
 
-MAX_QUESTION_CHARS = 1000
 # What callers (the UI, the evaluation CLI) need, from one place.
 __all__ = [
-    "ChatEngine", "ChatInputError", "GenerationSettings", "ImageInputError", "LoadError", "ServingError", "Turn",
+    "MAX_QUESTION_CHARS",
+    "ChatEngine",
+    "ChatInputError",
+    "GenerationSettings",
+    "ImageInputError",
+    "LoadError",
+    "ServingError",
+    "Turn",
     "UNANSWERABLE",
 ]
-
-
-class ChatInputError(ValueError):
-    """Input the engine refuses; the message is meant for the user as it is."""
-
-
-@dataclass
-class GenerationSettings:
-    max_new_tokens: int = 32
-    do_sample: bool = False
-    temperature: float = 0.7
-    top_p: float = 0.95
-
-    def generate_kwargs(self) -> dict[str, Any]:
-        if not 1 <= self.max_new_tokens <= 4096:
-            raise ChatInputError("max new tokens must be between 1 and 4096.")
-        if not self.do_sample:
-            return {"max_new_tokens": self.max_new_tokens, "do_sample": False}
-        if self.temperature <= 0:
-            raise ChatInputError("temperature must be above 0 when sampling (or switch sampling off).")
-        return {
-            "max_new_tokens": self.max_new_tokens,
-            "do_sample": True,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-        }
 
 
 class _StopOnEvent(StoppingCriteria):
@@ -86,15 +67,9 @@ class ChatEngine:
 
     def check(self, image: Any, question: str | None) -> tuple[Image.Image, str]:
         """Validate the inputs; raises ChatInputError (or ImageInputError) with a readable message."""
-        question = (question or "").strip()
         if image is None:
             raise ChatInputError("Please upload an image first, then ask about it.")
-        if not question:
-            raise ChatInputError("Please type a question about the image.")
-        if len(question) > MAX_QUESTION_CHARS:
-            raise ChatInputError(
-                f"That question is {len(question)} characters long; please keep it under {MAX_QUESTION_CHARS}."
-            )
+        question = check_question(question)
         return load_image(image), question
 
     def _asked(self, image: Image.Image, question: str, history: list[Turn]) -> tuple[str | None, list[Turn]]:

@@ -24,23 +24,33 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.components.multimodal_textbox import MultimodalData
 from gradio.processing_utils import save_pil_to_cache
 from gradio.utils import get_upload_folder
+from pydantic import model_validator
 
 from .engine import UNANSWERABLE, ChatEngine, ChatInputError, GenerationSettings, ImageInputError, ServingError, Turn
+from .images import NOTES
 from .panels import panel_sheet
+from .questions import clean_question
 
 logger = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 # Replies that are not answers start with this, so they are never handed back to the model.
 NOTICE = "⚠️"
+# Notes after an answer (first frame only, cut by the token limit) start with this.
+INFO = "ℹ️"
+# Appended to an answer the user stopped; such an answer is not given back to the model either.
+STOPPED = "*(stopped)*"
+# Uploads above this are refused by Gradio, before any of our code runs, with a message naming it.
+MAX_FILE_SIZE = "50mb"
 OVERLAY_ALT = "Where the model looked: its cross-attention over the image (bright = attended)"
 # Shown under the overlay: Gradio's chat does not display an image's alt text.
 OVERLAY_CAPTION = "*Where the model looked (bright = attended)*"
 MAX_NEW_TOKENS = 256
 # The note shown instead of `unanswerable` starts with this; like NOTICE, it is never given back to the model.
-BOUNDARY = "ℹ️"
+BOUNDARY = INFO
 PANELS_ALT = "Where the model looked for each object it named: one small attention map per object"
 PANELS_CAPTION = "*Where the model looked for each object it named (bright = attended)*"
 # How to serve a model that knows photos (docs/families.md).
@@ -105,12 +115,95 @@ def conversation_context(history: list[dict[str, Any]]) -> tuple[str | None, lis
             if role == "user" and kind == "file":
                 image, turns, question = value, [], None  # a new image starts a new context
             elif role == "user" and kind == "text":
-                question = value.strip()
+                question = clean_question(value)
             elif role == "assistant" and kind == "text" and question is not None:
-                if not value.startswith((NOTICE, BOUNDARY)):
+                if not value.startswith((NOTICE, BOUNDARY)) and not value.endswith(STOPPED):
                     turns.append(Turn(question, value))
                 question = None
     return image, turns
+
+
+def setting_slider(*args: Any, **kwargs: Any) -> gr.Slider:
+    """A slider that hands its value to the chat function as sent, unrounded and unchecked.
+
+    `gr.Slider` checks and rounds in preprocessing, before the chat function runs: an API caller's
+    `null` there is a TypeError, answered "The upstream Gradio app has raised an exception".
+    `GenerationSettings.from_request` checks every setting instead, with a message in the chat.
+    (Set on the instance: a subclass of a Gradio component writes a `.pyi` file beside this one.)
+    """
+    slider = gr.Slider(*args, **kwargs)
+    slider.preprocess = lambda payload: payload
+    return slider
+
+
+class LenientMessageData(MultimodalData):
+    """The textbox's data model, lenient where an API caller is careless: a plain string is the
+    question, a missing or non-text "text" becomes text, a "files" that is not a list is ignored.
+
+    Gradio validates a message against the data model before the chat function runs; a failure
+    there would reach the caller as "The upstream Gradio app has raised an exception".
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _coerce(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return {"text": value if isinstance(value, str) else str(value), "files": []}
+        value = dict(value)
+        text = value.get("text")
+        value["text"] = text if isinstance(text, str) else ("" if text is None else str(text))
+        if not isinstance(value.get("files", []), list):
+            value["files"] = []
+        return value
+
+
+def lenient_textbox(**kwargs: Any) -> gr.MultimodalTextbox:
+    """A `gr.MultimodalTextbox` whose API input is `LenientMessageData`; `null` is an empty message.
+
+    (Set on the instance: a subclass of a Gradio component writes a `.pyi` file beside this one.)
+    """
+    textbox = gr.MultimodalTextbox(**kwargs)
+    textbox.data_model = LenientMessageData
+    preprocess = textbox.preprocess
+    textbox.preprocess = lambda payload: preprocess(LenientMessageData(text="") if payload is None else payload)
+    return textbox
+
+
+def _message_parts(message: Any) -> tuple[list[str], Any]:
+    """(file paths, text) of a message as the textbox or an API caller sends it."""
+    if isinstance(message, str):  # an API caller's plain question
+        return [], message
+    if not isinstance(message, dict):
+        raise ChatInputError('The message must be {"text": ..., "files": [...]}.')
+    files = message.get("files") or []
+    return [p for p in map(_file_path, files if isinstance(files, list) else [files]) if p], message.get("text")
+
+
+def _hit_token_limit(engine: ChatEngine, answer: str, settings: GenerationSettings) -> bool:
+    """Whether generation ran out of Max new tokens rather than ending the answer itself.
+
+    Re-tokenizes the answer: an answer the model ended spends one of its tokens on the end token,
+    so it is at most `max_new_tokens - 1` long.
+    """
+    tokenizer = getattr(engine.adapter, "tokenizer", None)
+    if tokenizer is None:
+        return False
+    return len(tokenizer(answer, add_special_tokens=False)["input_ids"]) >= settings.max_new_tokens
+
+
+def mark_stopped(chat: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The chat with its last, stopped answer marked: the partial text and STOPPED, never an empty bubble."""
+    chat = list(chat or [])
+    last = chat[-1] if chat else None
+    if last is None or last.get("role") != "assistant":
+        chat.append({"role": "assistant", "content": STOPPED})
+        return chat, chat
+    texts = [v for kind, v in _items(last.get("content")) if kind == "text"]
+    text = texts[-1] if texts else ""
+    if text.startswith((NOTICE, INFO)) or text.endswith(STOPPED):
+        return chat, chat  # the answer had ended (or was marked) before Stop arrived
+    chat[-1] = {**last, "content": f"{text} {STOPPED}".strip()}
+    return chat, chat
 
 
 def _overlay_message(engine: ChatEngine, image: str, question: str, answer: str, turns: list[Turn]) -> dict | None:
@@ -193,19 +286,27 @@ def build_demo(engine: ChatEngine, examples: list[dict[str, Any]] | None = None)
     defaults = GenerationSettings()
 
     def respond(
-        message: dict[str, Any],
+        message: Any,
         history: list[dict[str, Any]],
-        max_new_tokens: float,
-        do_sample: bool,
-        temperature: float,
+        max_new_tokens: Any,
+        do_sample: Any,
+        temperature: Any,
     ) -> Iterator[str | list[Any]]:
-        """Answer a question about an image; streams the text, then adds the attention overlay."""
-        files = [p for p in map(_file_path, message.get("files") or []) if p]
-        question = (message.get("text") or "").strip()
-        image, turns = (files[-1], []) if files else conversation_context(history)
-        settings = GenerationSettings(
-            max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample), temperature=float(temperature)
-        )
+        """Answer a question about an image; streams the text, then adds the attention overlay.
+
+        Everything a caller sends is checked first (settings, question, image: a fast, shrinking
+        decode), so that a refusal costs no generation and never raises a generic error.
+        """
+        try:
+            settings = GenerationSettings.from_request(max_new_tokens, do_sample, temperature, MAX_NEW_TOKENS)
+            files, text = _message_parts(message)
+            image, turns = (files[-1], []) if files else conversation_context(history)
+            picture, question = engine.check(image, text)
+        except (ChatInputError, ImageInputError) as e:
+            # Shown in the chat rather than as an error toast: the user can fix it and carry on.
+            yield [f"{NOTICE} {e}"]
+            return
+        notes = list(picture.info.get(NOTES, ()))
         answer = ""
         try:
             # closing(): when Stop cancels this generator, the engine's is closed at once, which
@@ -222,15 +323,21 @@ def build_demo(engine: ChatEngine, examples: list[dict[str, Any]] | None = None)
             yield [f"{NOTICE} The model gave an empty answer; try rephrasing, or switch sampling on."]
             return
         if answer == UNANSWERABLE:  # a note, not an answer, and no heat-map under it
-            yield [boundary_note(engine)]
+            yield [boundary_note(engine), *(f"{INFO} {note}" for note in notes)]
             return
+        if _hit_token_limit(engine, answer, settings):
+            notes.append(
+                f"The answer was cut at Max new tokens ({settings.max_new_tokens}); raise it under "
+                "Generation settings for a longer one."
+            )
         # A description gets a map per object it named; any other answer one map.
         overlay = _panels_message(engine, image, question, answer, turns)
         overlay = overlay or _overlay_message(engine, image, question, answer, turns)
-        yield [answer] if overlay is None else [answer, overlay]
+        yield [answer, *([overlay] if overlay else []), *(f"{INFO} {note}" for note in notes)]
 
-    textbox = gr.MultimodalTextbox(
-        file_types=["image"],
+    textbox = lenient_textbox(
+        # Named as well as "image": some pickers do not count HEIC/AVIF as images.
+        file_types=["image", ".heic", ".heif", ".avif"],
         file_count="single",
         sources=["upload"],
         placeholder="Attach an image and ask a question about it…",
@@ -244,11 +351,11 @@ def build_demo(engine: ChatEngine, examples: list[dict[str, Any]] | None = None)
         placeholder="Upload an image and ask about it, or pick an example below.",
     )
     setting_inputs = [
-        gr.Slider(1, MAX_NEW_TOKENS, value=defaults.max_new_tokens, step=1, label="Max new tokens"),
+        setting_slider(1, MAX_NEW_TOKENS, value=defaults.max_new_tokens, step=1, label="Max new tokens"),
         gr.Checkbox(value=defaults.do_sample, label="Sample", info="Off: greedy decoding (deterministic)."),
-        gr.Slider(0.05, 2.0, value=defaults.temperature, step=0.05, label="Temperature", info="Used when sampling."),
+        setting_slider(0.05, 2.0, value=defaults.temperature, step=0.05, label="Temperature", info="Used when sampling."),
     ]
-    return gr.ChatInterface(
+    demo = gr.ChatInterface(
         respond,
         multimodal=True,
         chatbot=chatbot,
@@ -268,4 +375,14 @@ def build_demo(engine: ChatEngine, examples: list[dict[str, Any]] | None = None)
         ),
         delete_cache=DELETE_CACHE,
         fill_height=True,
+        # Conversations kept in the browser's local storage, listed beside the chat, each deletable.
+        save_history=True,
     )
+    # Saved chats are encrypted in the browser with a key from the page's config, random per start
+    # by default: an app restart would then lose them all. The key is public either way (it is in
+    # the config), so a fixed one costs nothing and keeps the chats across restarts.
+    demo.saved_conversations.secret = "mmchat-saved-conversations"
+    with demo:
+        # Stop cancels the answer; the mark says why it is short (and keeps it out of the history).
+        demo.textbox.stop(mark_stopped, [demo.chatbot], [demo.chatbot, demo.chatbot_state], queue=False)
+    return demo

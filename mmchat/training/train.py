@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -286,7 +286,11 @@ def out_of_time(accelerator: Accelerator, t0: float, minutes: float) -> bool:
 def train(cfg: TrainConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+    # The alignment stage leaves the LM head unused; DDP must be told, or its second step fails.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.stage == "align")
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, kwargs_handlers=[ddp]
+    )
     set_seed(cfg.seed)
     out = Path(cfg.out)
     vqa_examples = [ex for d in cfg.vqa_data for ex in load_vqa(d)]

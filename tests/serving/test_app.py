@@ -150,6 +150,9 @@ class StubEngine:
     def describe(self) -> str:
         return "stub model · none on cpu"
 
+    def check(self, image: Any, question: str) -> tuple[Image.Image, str]:
+        return Image.open(image), question
+
     def stream(self, image: Any, question: str, history: list[Turn], settings: GenerationSettings) -> Iterator[str]:
         self.calls.append((image, question, list(history)))
         yield "stub"
@@ -206,3 +209,35 @@ def test_unanswerable_is_shown_as_a_note_with_no_heat_map(image_file: str) -> No
     history = [{"role": "user", "content": [{"path": image_file}, "What animal is this?"]},
                {"role": "assistant", "content": note}]
     assert conversation_context(history) == (image_file, [])
+
+
+def test_stop_keeps_the_partial_answer_marked_and_out_of_the_history(image_file: str) -> None:
+    from mmchat.serving.ui import STOPPED, mark_stopped
+
+    asked = [{"role": "user", "content": [{"path": image_file}, "What color?"]}]
+    chat, state = mark_stopped([*asked, {"role": "assistant", "content": "blu"}])
+    assert chat[-1]["content"] == f"blu {STOPPED}" and state == chat
+    # Stopped before the first word: a marked bubble, not an empty one.
+    assert mark_stopped(asked)[0][-1] == {"role": "assistant", "content": STOPPED}
+    # Stop pressed after the answer ended (its note already shown): nothing changes.
+    done = [*asked, {"role": "assistant", "content": "blue"}, {"role": "assistant", "content": "ℹ️ note"}]
+    assert mark_stopped(done)[0] == done
+    # A stopped answer is not handed to the model as a turn; the next complete one is.
+    history = [*chat, {"role": "user", "content": "And now?"}, {"role": "assistant", "content": "red"}]
+    assert conversation_context(history) == (image_file, [Turn("And now?", "red")])
+
+
+def test_notes_follow_the_answer_and_stay_out_of_the_history(engine: ChatEngine, tmp_path: Path) -> None:
+    frames = [Image.new("RGB", (48, 48), c) for c in ((200, 30, 30), (30, 30, 200))]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+    demo = build_demo(engine, examples=[])
+    reply = list(demo.fn({"text": "What color?", "files": [str(path)]}, [], 1, False, 0.7))[-1]
+    notes = [m for m in reply if isinstance(m, str) and m.startswith("ℹ️")]
+    assert notes == [
+        "ℹ️ The image has several frames (animated or multi-page); I answered about its first frame.",
+        "ℹ️ The answer was cut at Max new tokens (1); raise it under Generation settings for a longer one.",
+    ]
+    history = [{"role": "user", "content": [{"path": str(path)}, "What color?"]}]
+    history += [m if isinstance(m, dict) else {"role": "assistant", "content": m} for m in reply]
+    assert conversation_context(history)[1] == [Turn("What color?", reply[0])]

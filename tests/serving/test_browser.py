@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
+from fixtures_app import free_port, serve_app
 from PIL import Image
 
 from mmchat.serving.engine import ChatEngine, GenerationSettings
@@ -93,5 +95,67 @@ def test_ask_about_an_uploaded_image_in_the_browser(
             assert visible_text(answer) == visible_text(expected)
             expect(page.locator("[data-testid=user]").filter(has_text=question)).to_be_visible()
             page.screenshot(path=str(SCREENSHOT), full_page=True)
+        finally:
+            browser.close()
+
+
+def test_a_saved_conversation_survives_a_reload_and_a_restart(
+    tiny_checkpoint: str,
+    engine: ChatEngine,
+    shapes_image: Image.Image,
+    tmp_path: Path,
+) -> None:
+    """Chats live in the browser's local storage: listed after a reload, shown after the app
+    restarts (its uploads gone: a follow-up asks for the image again), and deletable."""
+    _browser_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    image = tmp_path / "shapes.png"
+    shapes_image.resize((192, 192), Image.NEAREST).save(image)
+    question = "What color is the square?"
+    expected = visible_text(engine.answer(str(image), question, settings=GenerationSettings()))
+    port = free_port()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1200})
+            page.set_default_timeout(TIMEOUT_MS)
+            bot = page.locator("[data-testid=bot]")
+            saved = page.get_by_text(f"📎 {question}")  # the side list names a chat by its first question
+            # Both starts share the upload folder, as one machine's app does (the restart empties it).
+            with serve_app(["--model", tiny_checkpoint], tmp_path, port) as url:
+                page.goto(url)
+                page.locator("input[type=file]").set_input_files(str(image))
+                expect(page.locator("button[data-testid=submit-button]")).to_be_enabled()
+                textbox = page.get_by_placeholder("Attach an image and ask a question about it…")
+                textbox.fill(question)
+                textbox.press("Enter")
+                expect(bot.locator("img")).to_be_visible()  # the overlay: the answer has ended
+                expect(saved).to_be_visible()  # saved once the turn has ended
+
+                page.reload()
+                expect(saved).to_be_visible()
+                saved.click()
+                expect(bot.locator("img")).to_be_visible()  # the saved overlay is drawn with it
+                assert visible_text(bot.locator(".message-content").first.inner_text()) == expected
+
+            # Uploads live a day; a restart on the same machine keeps them, and a follow-up is then
+            # answered. Here they are gone (a day later, or a new machine): the chat is still shown.
+            shutil.rmtree(tmp_path / "gradio")
+            with serve_app(["--model", tiny_checkpoint], tmp_path, port) as url:
+                page.goto(url)
+                saved.click()
+                expect(bot.get_by_text("Where the model looked")).to_be_visible()
+                assert visible_text(bot.locator(".message-content").first.inner_text()) == expected
+                textbox = page.get_by_placeholder("Attach an image and ask a question about it…")
+                textbox.fill("How many objects are there?")
+                textbox.press("Enter")
+                expect(bot.get_by_text("no longer on the server")).to_be_visible()
+                expect(bot.get_by_text("please upload it again")).to_be_visible()
+
+                page.get_by_role("button", name="Clear").click()  # deletes the saved chat too
+                page.reload()
+                expect(page.get_by_placeholder("Attach an image and ask a question about it…")).to_be_visible()
+                expect(saved).to_have_count(0)
         finally:
             browser.close()

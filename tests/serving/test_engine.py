@@ -56,7 +56,7 @@ def test_stop_event_ends_generation_early(engine, shapes_image):
 
 
 def test_sampling_settings_are_checked():
-    with pytest.raises(ChatInputError, match="temperature"):
+    with pytest.raises(ChatInputError, match="Temperature must be above 0"):
         GenerationSettings(do_sample=True, temperature=0).generate_kwargs()
     assert GenerationSettings(do_sample=True, temperature=0.5).generate_kwargs()["temperature"] == 0.5
 

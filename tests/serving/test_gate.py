@@ -59,7 +59,7 @@ def test_features_tell_a_flat_scene_from_noise(shapes_image, noise_image) -> Non
 
 def test_out_of_world_images_and_questions_are_declined(engine, shapes_image, noise_image) -> None:
     assert engine.answer(noise_image, "How many objects are there?", settings=SHORT) == UNANSWERABLE
-    for question in ("hello", "What animal is this?", "Write a poem.", "🙂", "How many cats are there?"):
+    for question in ("hello", "What animal is this?", "Write a poem.", "How many cats are there?"):
         assert engine.answer(shapes_image, question, settings=SHORT) == UNANSWERABLE
     assert engine.attention_overlay(noise_image, "How many objects are there?", "3") is None
 

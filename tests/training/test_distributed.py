@@ -33,19 +33,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_train_on_different_data_and_evaluate_like_one(tmp_path):
-    out = tmp_path / "run"
-    # Enough steps at a high rate that the answers are not all empty (26 % on its 42 questions here).
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG),
-        "--main_process_port", str(free_port()), "-m", "mmchat", "train",
-        "--out", str(out), "--preset", "tiny", "--steps", "24", "--batch-size", "8", "--lr", "3e-3",
-        "--warmup", "1", "--log-every", "12", "--eval-every", "24", "--save-every", "24",
-        "--eval-images", "6", "--num-workers", "0",
-    ]  # fmt: skip
+def launch_training(*args: str) -> None:
+    """`ACCELERATE_USE_CPU=1 accelerate launch --config_file cpu_2proc.yaml -m mmchat train ARGS`, as README says."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG),
+               "--main_process_port", str(free_port()), "-m", "mmchat", "train", *args]  # fmt: skip
     env = {**os.environ, "ACCELERATE_USE_CPU": "1"}
     run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_two_processes_train_on_different_data_and_evaluate_like_one(tmp_path):
+    out = tmp_path / "run"
+    # Enough steps at a high rate that the answers are not all empty (26 % on its 42 questions here).
+    launch_training(
+        "--out", str(out), "--preset", "tiny", "--steps", "24", "--batch-size", "8", "--lr", "3e-3",
+        "--warmup", "1", "--log-every", "12", "--eval-every", "24", "--save-every", "24",
+        "--eval-images", "6", "--num-workers", "0",
+    )  # fmt: skip
 
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [12, 24]  # one log for both processes, written once
@@ -72,3 +76,14 @@ def test_two_processes_train_on_different_data_and_evaluate_like_one(tmp_path):
     first = examples[0]
     answer = engine.answer(first.image_path, first.question, settings=GenerationSettings(max_new_tokens=8))
     assert answer == alone[0]["answer"]
+
+
+def test_the_alignment_stage_trains_across_processes(tmp_path):
+    """It leaves the LM head unused: without DDP's unused-parameter search its second step fails."""
+    out = tmp_path / "align"
+    launch_training("--out", str(out), "--stage", "align", "--preset", "tiny", "--steps", "2", "--batch-size", "2",
+                    "--log-every", "1", "--num-workers", "0")  # fmt: skip
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and log[0]["processes"] == 2
+    assert load_model(out / "final", quantization="none", device="cpu").family == "mmchat"
+

@@ -1,0 +1,118 @@
+"""Time and peak memory of the largest accepted upload through `load_image`, against the old path.
+
+    python benchmarks/upload_bench.py [--megapixels 39] [--repeats 3]
+
+Makes a photo-like picture of the given size (smooth gradients, shapes and mild noise, so that it
+compresses like a photo), saves it as a JPEG (quality 90) and a PNG, then measures in a fresh
+subprocess per run, so that each peak is its own:
+
+- new: `mmchat.serving.images.load_image(path)` (draft/reduce while decoding, checks, RGB);
+- old: what the app did before: `Image.open(path)`, a full `load()`, EXIF transpose, `to_rgb`.
+
+Prints wall time and the rise of peak RSS (ru_maxrss after minus RSS before) per path and format,
+and the old/new ratios. Both are measured in the same run, on the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+from PIL import Image, ImageOps
+from mmchat.modeling.processing_mmchat import to_rgb
+from mmchat.serving.images import load_image
+
+def rss_kb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+
+def old(path):
+    image = Image.open(path)
+    image.load()
+    return to_rgb(ImageOps.exif_transpose(image))
+
+Image.MAX_IMAGE_PIXELS = None  # the old path's own pixel check is not what is measured
+fn = {{"new": load_image, "old": old}}[sys.argv[1]]
+before = rss_kb()
+start = time.perf_counter()
+image = fn(sys.argv[2])
+seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+print(json.dumps({{"seconds": seconds, "extra_mb": (peak - before) / 1024, "size": image.size}}))
+"""
+
+
+def photo_like(megapixels: float, seed: int = 0) -> Image.Image:
+    """A 3:2 picture of about `megapixels`: gradients, a few shapes, noise of a few levels."""
+    height = int((megapixels * 1e6 / 1.5) ** 0.5)
+    width = int(height * 1.5)
+    rng = np.random.default_rng(seed)
+    y = np.linspace(0, 1, height, dtype=np.float32)[:, None]
+    x = np.linspace(0, 1, width, dtype=np.float32)[None, :]
+    image = np.empty((height, width, 3), np.uint8)
+    for c, (a, b) in enumerate([(180, 60), (120, 90), (60, 150)]):
+        image[..., c] = np.clip(a + b * np.sin(3 * x + 2 * y + c) * np.cos(2 * y - x), 0, 255).astype(np.uint8)
+    image = Image.fromarray(image)
+    draw = ImageDraw.Draw(image)
+    for _ in range(40):
+        x0, y0 = rng.integers(0, width - 400), rng.integers(0, height - 400)
+        size = int(rng.integers(100, 400))
+        draw.ellipse((x0, y0, x0 + size, y0 + size), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    noise = Image.effect_noise((width, height), 6).convert("RGB")
+    return Image.blend(image, noise, 0.05)
+
+
+def measure(path_kind: str, path: Path, repeats: int) -> dict[str, float]:
+    runs = []
+    for _ in range(repeats):
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD.format(root=str(ROOT)), path_kind, str(path)],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        runs.append(json.loads(out.strip().splitlines()[-1]))
+    return {
+        "seconds": statistics.median(r["seconds"] for r in runs),
+        "extra_mb": statistics.median(r["extra_mb"] for r in runs),
+        "size": runs[0]["size"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--megapixels", type=float, default=39.0)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement; the median is shown")
+    args = parser.parse_args()
+    picture = photo_like(args.megapixels)
+    print(f"picture: {picture.width}x{picture.height} = {picture.width * picture.height / 1e6:.1f} MP")
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"JPEG": Path(tmp) / "big.jpg", "PNG": Path(tmp) / "big.png"}
+        picture.save(files["JPEG"], quality=90)
+        picture.save(files["PNG"], compress_level=6)
+        del picture
+        for fmt, path in files.items():
+            old = measure("old", path, args.repeats)
+            new = measure("new", path, args.repeats)
+            print(
+                f"{fmt} ({path.stat().st_size / 1e6:.1f} MB file): "
+                f"old {old['seconds']:.2f} s, +{old['extra_mb']:.0f} MB -> {tuple(old['size'])}; "
+                f"new {new['seconds']:.2f} s, +{new['extra_mb']:.0f} MB -> {tuple(new['size'])}; "
+                f"time old/new {old['seconds'] / new['seconds']:.1f}x, "
+                f"memory old/new {old['extra_mb'] / max(new['extra_mb'], 1):.1f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
