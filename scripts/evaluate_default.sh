@@ -25,3 +25,5 @@ for split in "224 20261127" "96 20261128"; do
   [ -f data/independent-test-$side/annotations.json ] || python benchmarks/independent_shapes.py --out data/independent-test-$side --images 500 --seed $seed --side $side
   python -m mmchat evaluate --model "$model" --data data/independent-test-$side --predictions runs/eval/independent-test-$side.json
 done
+# Version 2 (phrasing, describe, unanswerable): fresh sets, through the world gate.
+bash scripts/evaluate_v2.sh "$model"
