@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,29 @@ def test_unanswerable_is_shown_as_a_note_with_no_heat_map(image_file: str) -> No
     history = [{"role": "user", "content": [{"path": image_file}, "What animal is this?"]},
                {"role": "assistant", "content": note}]
     assert conversation_context(history) == (image_file, [])
+
+
+def test_answers_run_inside_spaces_gpu_where_spaces_is_installed(image_file: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a ZeroGPU Space the chat function must run inside `spaces.GPU`; without `spaces`, as is."""
+    import functools
+    import types
+
+    entered: list[str] = []
+
+    def gpu(fn):
+        @functools.wraps(fn)
+        def inside(*args, **kwargs):
+            entered.append(fn.__name__)
+            yield from fn(*args, **kwargs)
+
+        return inside
+
+    monkeypatch.setitem(sys.modules, "spaces", None)  # `import spaces` fails, as off Spaces
+    assert not hasattr(build_demo(StubEngine(), examples=[]).fn, "__wrapped__")
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    demo = build_demo(StubEngine(), examples=[])
+    assert list(demo.fn({"text": "q?", "files": [image_file]}, [], *GREEDY.values()))[-1] == ["stub answer"]
+    assert entered == ["respond"]
 
 
 def test_stop_keeps_the_partial_answer_marked_and_out_of_the_history(image_file: str) -> None:
