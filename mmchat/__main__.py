@@ -22,6 +22,8 @@ COMMANDS = {
     "evaluate": ("mmchat.evaluation.evaluate", "answer a VQA-layout folder and score it"),
     "shapes": ("mmchat.data.shapes", "write a ShapesVQA data set"),
     "easy-vqa": ("mmchat.data.easy_vqa", "convert the easy-vqa data set"),
+    "out-of-world": ("mmchat.data.out_of_world", "write a set of images or questions outside the ShapesVQA world"),
+    "train-gate": ("mmchat.training.gate", "train the world gate (which images are scenes of ShapesVQA)"),
     "count-probe": ("mmchat.evaluation.count_probe", "score counting by true count and object size"),
     "position-probe": ("mmchat.evaluation.position_probe", "how well the patches say where they lie"),
     "card": ("mmchat.evaluation.card", "write evaluation results into a model card's model-index"),

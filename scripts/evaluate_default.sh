@@ -38,3 +38,5 @@ for split in "224 20261127" "96 20261128"; do
   evaluate "5-independent-test-$side" "data/independent-test-$side" "ShapesVQA from an independent renderer, $side px (seed $seed)" shapes-vqa-independent "test-${side}px"
 done
 python -m mmchat card "$model" --results "$results"/*.json
+# Version 2 (phrasing, describe, unanswerable): fresh sets, through the world gate.
+bash scripts/evaluate_v2.sh "$model"

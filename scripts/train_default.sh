@@ -42,3 +42,7 @@ python -m mmchat train --out runs/shapes-small-count-7 --init-from runs/shapes-s
 # Stage 13 widens the renders within the spec (--more-variety): counting at 96 px on the
 # independent renderer's scenes erred most.
 python -m mmchat train --out runs/shapes-small-count-8 --init-from runs/shapes-small-count-7/final --seed 13 --steps 2000 --lr 1.5e-4 --warmup 100 $crowded --more-variety
+# The world gate (world_gate.json: what the model declines as `unanswerable`; mmchat/serving/gate.py),
+# trained on in-world renders and easy-vqa's train images against scikit-image photos, UI mock-ups,
+# icons, patterns and noise (the other out-of-world sources are held out to measure it).
+python -m mmchat train-gate --model runs/shapes-small-count-8/final --seed 2 --in-world 1500 --out-of-world 1500 --max-false-declines 0.002

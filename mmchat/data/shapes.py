@@ -49,6 +49,15 @@ FAMILIES: tuple[str, ...] = (
 # a weight (`family_weights`) or named (`write_dataset(families=...)`, to measure it); it teaches
 # the model to read where one object lies, the step before comparing two (relation).
 EXTRA_FAMILIES: tuple[str, ...] = ("where",)
+# Version 2 of the spec adds `describe`: every object named, left to right. Asked only when named
+# (`families=...`) or weighted, so that v1 data sets stay as they were.
+V2_FAMILIES: tuple[str, ...] = ("describe",)
+DESCRIBE_QUESTIONS: tuple[str, ...] = (
+    "Describe the image.",
+    "What is in the image?",
+    "What do you see?",
+    "Describe the picture.",
+)
 ANSWER_TYPES: dict[str, str] = {
     "count": "number",
     "exist": "yes/no",
@@ -58,6 +67,7 @@ ANSWER_TYPES: dict[str, str] = {
     "relation": "yes/no",
     "compare": "yes/no",
     "where": "other",
+    "describe": "other",
 }
 
 # Scene rules from the spec; fractions are of the image side.
@@ -412,6 +422,21 @@ def _compare_shapes(objects: Sequence[ShapeObject]) -> Options:
     )
 
 
+def describe_sentence(objects: Sequence[ShapeObject]) -> str:
+    """The describe answer: "There are 2 objects: a small red circle and a large blue square."
+
+    Objects by the x of their centres, each named on its own even when two are alike.
+    """
+    n = len(objects)
+    head = "There is 1 object: " if n == 1 else f"There are {n} objects: "
+    return head + describe_objects(objects) + "."
+
+
+def _describe(objects: Sequence[ShapeObject]) -> Options:
+    sentence = describe_sentence(objects)
+    return {"*": [(sentence, question) for question in DESCRIBE_QUESTIONS]}
+
+
 def _as_text(candidate: Any, rng: random.Random) -> str:
     return candidate
 
@@ -424,6 +449,8 @@ class _Template:
     answers: tuple[str, ...]
     options: Callable[[Sequence[ShapeObject]], Options]
     realise: Callable[[Any, random.Random], str] = _as_text
+    # Where the answer depends on the whole scene (describe): read from the candidate, not the target.
+    answer_of: Callable[[Any], str] | None = None
 
 
 def _numbers(lo: int, hi: int) -> tuple[str, ...]:
@@ -448,9 +475,11 @@ _TEMPLATES: tuple[_Template, ...] = (
     _Template("compare", _YES_NO, _compare_colors),
     _Template("compare", _YES_NO, _compare_shapes),
     _Template("where", tuple(_cell_name(r, c) for r in range(3) for c in range(3)), _where),
+    _Template("describe", ("*",), _describe, lambda c, rng: c[1], lambda c: c[0]),
 )
+ALL_FAMILIES: tuple[str, ...] = FAMILIES + V2_FAMILIES + EXTRA_FAMILIES
 _BY_FAMILY: dict[str, tuple[_Template, ...]] = {
-    family: tuple(t for t in _TEMPLATES if t.family == family) for family in FAMILIES + EXTRA_FAMILIES
+    family: tuple(t for t in _TEMPLATES if t.family == family) for family in ALL_FAMILIES
 }
 
 
@@ -458,7 +487,7 @@ def _check_families(families: Iterable[str]) -> tuple[str, ...]:
     chosen = tuple(families)
     unknown = [f for f in chosen if f not in _BY_FAMILY]
     if unknown or not chosen:
-        raise ValueError(f"families must be a non-empty subset of {FAMILIES + EXTRA_FAMILIES}, got {chosen}")
+        raise ValueError(f"families must be a non-empty subset of {ALL_FAMILIES}, got {chosen}")
     return chosen
 
 
@@ -514,7 +543,9 @@ def sample_question(
         return None
     template, options = rng.choice(askable[rng.choice(list(askable))])
     answer = rng.choice(sorted(options))
-    return _question(template, answer, template.realise(rng.choice(options[answer]), rng))
+    candidate = rng.choice(options[answer])
+    answer = template.answer_of(candidate) if template.answer_of else answer
+    return _question(template, answer, template.realise(candidate, rng))
 
 
 class QuestionSampler:
@@ -537,8 +568,8 @@ class QuestionSampler:
         family_weights: dict[str, float] | None = None,
     ) -> None:
         self.families = FAMILIES if families is None else _check_families(families)
-        if families is None and family_weights:  # training-only families join when weighted
-            self.families += tuple(f for f in EXTRA_FAMILIES if f in family_weights)
+        if families is None and family_weights:  # v2 and training-only families join when weighted
+            self.families += tuple(f for f in V2_FAMILIES + EXTRA_FAMILIES if f in family_weights)
         self.round_robin = round_robin
         # Training may ask the hard families more often; answers stay balanced within each family.
         self.weights = family_weight_list(family_weights, self.families)
@@ -591,7 +622,9 @@ class QuestionSampler:
             i = rng.randrange(len(found))
             found[i], found[-1] = found[-1], found[i]
             template, answer = target
-            return _question(template, answer, template.realise(found.pop(), rng))
+            candidate = found.pop()
+            answer = template.answer_of(candidate) if template.answer_of else answer
+            return _question(template, answer, template.realise(candidate, rng))
 
         def hostable() -> bool:
             return any(candidates((t, a)) for t in self._templates for a in t.answers)
@@ -654,12 +687,20 @@ def write_dataset(
     side: int = 224,
     questions_per_image: int = 5,
     families: Sequence[str] | None = None,
+    phrasing: str = "v1",
 ) -> None:
     """Write a fixed ShapesVQA set in the VQA v2 layout, plus `captions.json`.
 
     Question ids are `image_id * 1000 + j`; families (the spec's seven unless `families` names
-    some, e.g. the training-only "where" to measure it) are drawn round-robin so they are even.
+    some, e.g. "describe" or the training-only "where") are drawn round-robin so they are even.
+    `phrasing="v2"` asks each question in a random form of the spec's version 2 table (letter
+    case, "colour", the final "?" and spaces varied too); "v1" keeps the exact templates.
     """
+    if phrasing not in ("v1", "v2"):
+        raise ValueError(f"phrasing must be v1 or v2, got {phrasing!r}")
+    # Imported here: the phrasing module builds on this one.
+    from .phrasing import rephrase
+
     _check_side(side)
     if not 1 <= questions_per_image < 1000:
         raise ValueError(f"questions_per_image must be in [1, 999], got {questions_per_image}")
@@ -678,7 +719,8 @@ def write_dataset(
         captions.append({"image_id": image_id, "caption": caption(objects, rng)})
         for j, q in enumerate(asked):
             question_id = image_id * 1000 + j
-            questions.append({"image_id": image_id, "question_id": question_id, "question": q["question"]})
+            text = rephrase(q["question"], rng) if phrasing == "v2" else q["question"]
+            questions.append({"image_id": image_id, "question_id": question_id, "question": text})
             annotations.append(
                 {
                     "image_id": image_id,
@@ -707,9 +749,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--side", type=int, default=224, help=f"image side in {SIDE_RANGE}")
     parser.add_argument("--questions-per-image", type=int, default=5)
-    parser.add_argument("--families", nargs="*", help=f"default: all of {', '.join(FAMILIES)}")
+    parser.add_argument(
+        "--families", nargs="*", help=f"default: all of {', '.join(FAMILIES)}; also {', '.join(V2_FAMILIES + EXTRA_FAMILIES)}"
+    )
+    parser.add_argument("--phrasing", choices=("v1", "v2"), default="v1", help="v2: the spec's version 2 forms")
     args = parser.parse_args(argv)
-    write_dataset(args.out, args.images, args.seed, args.side, args.questions_per_image, args.families or None)
+    write_dataset(
+        args.out, args.images, args.seed, args.side, args.questions_per_image, args.families or None, args.phrasing
+    )
     print(f"wrote {args.images} images x {args.questions_per_image} questions to {args.out}")
 
 

@@ -25,6 +25,7 @@ from ..data.vqa import VQAExample, load_vqa
 from ..serving.engine import ChatEngine, GenerationSettings, LoadError, ServingError
 from ..serving.images import load_image
 from ..serving.loading import DEFAULT_MODEL, QUANTIZATIONS
+from .v2_metrics import format_v2_scores, v2_scores
 from .vqa_metric import score_predictions
 
 
@@ -32,7 +33,7 @@ def predict(
     engine: ChatEngine,
     examples: Sequence[VQAExample],
     batch_size: int = 64,
-    max_new_tokens: int = 8,
+    max_new_tokens: int = 64,
     progress: bool = True,
     blind: bool = False,
 ) -> list[dict]:
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="folder in the VQA v2 layout")
     parser.add_argument("--predictions", required=True, help="where to write the answers (JSON)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-new-tokens", type=int, default=8)
+    # A description of six objects is about 45 tokens; a one-word answer ends at once anyway.
+    parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--quantization", default="auto", choices=QUANTIZATIONS)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if all(ex.answers for ex in examples):
         scores = score_predictions(predictions, examples)
         print(format_scores(scores))
+        print(format_v2_scores(v2_scores(predictions, examples)))
         if args.results_json:
             Path(args.results_json).write_text(json.dumps(results_record(scores, args, engine), indent=2) + "\n")
     else:

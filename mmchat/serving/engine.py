@@ -5,6 +5,7 @@ It knows nothing of Gradio; the UI, the evaluation CLI and the tests all call it
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import weakref
@@ -19,9 +20,11 @@ from PIL import Image
 
 from .cache import image_key
 from .families import FamilyAdapter, ServingError, Turn
+from .gate import UNANSWERABLE
 from .images import ImageInputError, load_image
 from .loading import LoadError, load_model
 from .overlay import overlay_attention
+from .panels import object_panels, object_phrases
 from .questions import MAX_QUESTION_CHARS, check_question
 from .scheduler import Request, Scheduler
 from .settings import ChatInputError, GenerationSettings
@@ -37,6 +40,7 @@ __all__ = [
     "Reply",
     "ServingError",
     "Turn",
+    "UNANSWERABLE",
 ]
 
 
@@ -106,6 +110,14 @@ class ChatEngine:
             raise ChatInputError("Please upload an image first, then ask about it.")
         question = check_question(question)
         return load_image(image), question
+
+    def _asked(self, image: Image.Image, question: str, history: list[Turn]) -> tuple[str | None, list[Turn]]:
+        """What the model is asked, and the history it sees: the adapter's world gate (if its
+        checkpoint has one) may decline (None: the answer is `unanswerable`) or reword."""
+        gate = self.adapter.world_gate
+        if gate is None:
+            return question, history
+        return gate.ask(image, question), gate.history(history)
 
     def _image_key(self, image: Image.Image) -> str:
         return image_key(image, str(getattr(self.adapter, "source", id(self.adapter))))
@@ -185,10 +197,14 @@ class ChatEngine:
         stop_event: threading.Event | None = None,
     ) -> Iterator[str]:
         """Yield the answer so far, growing, until generation ends or `stop_event` is set."""
+        image, question = self.check(image, question)
+        question, history = self._asked(image, question, history or [])
+        if question is None:  # outside the model's world: declined before any generation
+            yield UNANSWERABLE
+            return
         if self.scheduler is None:
-            image, question = self.check(image, question)
             settings = settings or GenerationSettings()
-            yield from self._stream_from_adapter(image, question, history or [], settings, stop_event or threading.Event())
+            yield from self._stream_from_adapter(image, question, history, settings, stop_event or threading.Event())
             return
         reply = self.submit(image, question, history, settings, stop_event)
         try:
@@ -227,12 +243,24 @@ class ChatEngine:
     def answer_batch(self, images: list[Any], questions: list[str], settings: GenerationSettings | None = None) -> list[str]:
         """Answer many single-turn questions at once (evaluation)."""
         settings = settings or GenerationSettings()
-        if self.adapter.batched:
-            replies = [self.submit(image, question, [], settings) for image, question in zip(images, questions)]
-            return [reply.text() for reply in replies]
         checked = [self.check(image, question) for image, question in zip(images, questions)]
-        kwargs = settings.generate_kwargs()
-        return self._on_model(lambda: self.adapter.answer_batch([c[0] for c in checked], [c[1] for c in checked], kwargs))
+        # The world gate first, as in `stream`: declined questions are `unanswerable`, the rest asked as worded by it.
+        asked = [(image, self._asked(image, question, [])[0]) for image, question in checked]
+        answers = [UNANSWERABLE] * len(asked)
+        kept = [i for i, (_, question) in enumerate(asked) if question is not None]
+        if not kept:
+            return answers
+        if self.adapter.batched:
+            replies = [self.submit(asked[i][0], asked[i][1], [], settings) for i in kept]
+            found = [reply.text() for reply in replies]
+        else:
+            kwargs = settings.generate_kwargs()
+            found = self._on_model(
+                lambda: self.adapter.answer_batch([asked[i][0] for i in kept], [asked[i][1] for i in kept], kwargs)
+            )
+        for i, answer in zip(kept, found):
+            answers[i] = answer
+        return answers
 
     def _on_model(self, fn: Any) -> Any:
         """Run `fn` where the model is owned: between the scheduler's steps, never beside them."""
@@ -257,28 +285,50 @@ class ChatEngine:
         if not self.adapter.batched or not answer:
             return None
         image, question = self.check(image, question)
-        prompt = self._fit_prompt(question, history or [])
+        question, history = self._asked(image, question, history or [])  # as the answering pass was asked
+        if question is None:
+            return None
+        prompt = self._fit_prompt(question, history)
         with self._attention_lock:
             weights = self._attention.get((self._image_key(image), tuple(prompt), answer))
         if weights is not None:
             return weights
-        inputs = self._fit_history(image, question, history or [])
+        inputs = self._fit_history(image, question, history)
         answer_ids = self.adapter.tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
         return self._on_model(lambda: self.adapter.answer_attention(inputs, answer_ids))
 
     def attention_overlay(self, image: Any, question: str, answer: str, history: list[Turn] | None = None) -> Image.Image | None:
         """The image with the model's cross-attention for `answer` drawn over it, where the family has it."""
-        if not self.adapter.shows_attention or not answer:
+        if not self.adapter.shows_attention or not answer or answer == UNANSWERABLE:
             return None
         image, question = self.check(image, question)
         if self.adapter.batched:
             weights = self.answer_attention(image, question, answer, history)
             grid = None if weights is None or not len(weights) else self.adapter.grid_from_weights(weights.mean(0))
         else:
-            inputs = self._fit_history(image, question, history or [])
+            asked, history = self._asked(image, question, history or [])
+            if asked is None:
+                return None
+            inputs = self._fit_history(image, asked, history)
             answer_ids = self.adapter.tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
             grid = self._on_model(lambda: self.adapter.attention_grid(inputs, answer_ids))
         return None if grid is None else overlay_attention(image, np.asarray(grid))
+
+    def object_overlays(
+        self, image: Any, question: str, answer: str, history: list[Turn] | None = None
+    ) -> list[tuple[str, Image.Image]]:
+        """For a description: (phrase, overlay) per object it names, each from the attention of that
+        phrase's tokens while answering; [] when the answer names no object or the family has no map."""
+        if not self.adapter.batched or not object_phrases(answer):
+            return []
+        weights = self.answer_attention(image, question, answer, history)  # (A, N), one row per answer token
+        if weights is None or not len(weights):
+            return []
+        image = self.check(image, question)[0]
+        side = math.isqrt(weights.shape[-1])  # a square grid of patches; a ViT's CLS token dropped
+        grids = weights[:, -side * side :].reshape(len(weights), side, side).float().cpu().numpy()
+        offsets = self.adapter.tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        return object_panels(image, answer, offsets, grids)
 
 
 class Reply:

@@ -17,6 +17,7 @@ import torch
 from transformers import AutoConfig, BitsAndBytesConfig
 
 from .families import FAMILIES, REMOTE_FAMILIES, FamilyAdapter  # importing them registers mmchat with the Auto classes
+from .gate import WorldGate
 
 Quantization = Literal["auto", "nf4", "int8", "none"]
 QUANTIZATIONS = ("auto", "nf4", "int8", "none")
@@ -101,4 +102,6 @@ def load_model(source: str | Path, quantization: Quantization = "auto", device: 
     processor = adapter_class.processor_class.from_pretrained(source)
     adapter = adapter_class(model, processor)
     adapter.source, adapter.quantization, adapter.device_name = str(source), quantization, device
+    # A world-bound checkpoint says what it declines (`world_gate.json`, mmchat.serving.gate).
+    adapter.world_gate = WorldGate.from_pretrained(source)
     return adapter

@@ -30,8 +30,9 @@ from gradio.processing_utils import save_pil_to_cache
 from gradio.utils import get_upload_folder
 from pydantic import model_validator
 
-from .engine import ChatEngine, ChatInputError, GenerationSettings, ImageInputError, ServingError, Turn
+from .engine import UNANSWERABLE, ChatEngine, ChatInputError, GenerationSettings, ImageInputError, ServingError, Turn
 from .images import NOTES
+from .panels import panel_sheet
 from .questions import clean_question
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,17 @@ OVERLAY_ALT = "Where the model looked: its cross-attention over the image (brigh
 # Shown under the overlay: Gradio's chat does not display an image's alt text.
 OVERLAY_CAPTION = "*Where the model looked (bright = attended)*"
 MAX_NEW_TOKENS = 256
+# The note shown instead of `unanswerable` starts with this; like NOTICE, it is never given back to the model.
+BOUNDARY = INFO
+PANELS_ALT = "Where the model looked for each object it named: one small attention map per object"
+PANELS_CAPTION = "*Where the model looked for each object it named (bright = attended)*"
+# How to serve a model that knows photos (docs/families.md).
+GENERAL_MODELS = (
+    "For photos and other pictures, serve a general model: `python app.py --model Salesforce/blip-vqa-base` "
+    "(BLIP VQA, runs on a CPU) or `python app.py --model meta-llama/Llama-3.2-11B-Vision-Instruct "
+    "--quantization nf4` (Llama 3.2 Vision, on a GPU); on a Space, set the variable `MMCHAT_MODEL` to "
+    "one of them."
+)
 # Uploads and overlays are deleted a day after they were made (checked hourly): long enough for
 # any conversation that still refers to them, short enough that a public Space does not fill up.
 DELETE_CACHE = (3600, 86400)
@@ -119,7 +131,7 @@ def conversation_context(history: list[dict[str, Any]]) -> tuple[str | None, lis
             elif role == "user" and kind == "text":
                 question = clean_question(value)
             elif role == "assistant" and kind == "text" and question is not None:
-                if not value.startswith(NOTICE) and not value.endswith(STOPPED):
+                if not value.startswith((NOTICE, BOUNDARY)) and not value.endswith(STOPPED):
                     turns.append(Turn(question, value))
                 question = None
     return image, turns
@@ -222,6 +234,38 @@ def _overlay_message(engine: ChatEngine, image: str, question: str, answer: str,
     return {"role": "assistant", "content": [{"path": path, "alt_text": OVERLAY_ALT}, OVERLAY_CAPTION]}
 
 
+def boundary_note(engine: ChatEngine) -> str:
+    """What the app shows for `unanswerable`: what this model knows, questions it can answer, and
+    where to go for photos. The world and the examples come from the checkpoint's gate."""
+    gate = getattr(engine.adapter, "world_gate", None)
+    config = gate.config if gate is not None else {}
+    about = config.get("about", "the pictures it was trained on")
+    examples = config.get("examples", [])
+    lines = [
+        f"{BOUNDARY} **This model can't answer that about this picture.** It knows one small world: {about}. "
+        "It declines photos, drawings, charts, text and questions about anything else, rather than guess."
+    ]
+    if examples:
+        lines.append("It can answer, for example: " + " · ".join(f"*{q}*" for q in examples))
+    lines.append(GENERAL_MODELS)
+    return "\n\n".join(lines)
+
+
+def _panels_message(engine: ChatEngine, image: str, question: str, answer: str, turns: list[Turn]) -> dict | None:
+    """For a description: one small attention map per object it named, as one captioned picture."""
+    if not hasattr(engine, "object_overlays"):
+        return None
+    try:
+        panels = engine.object_overlays(image, question, answer, turns)
+    except Exception:  # an extra, like the overlay
+        logger.exception("object panels failed")
+        return None
+    if not panels:
+        return None
+    path = save_pil_to_cache(panel_sheet(panels), cache_dir=get_upload_folder(), name="objects", format="png")
+    return {"role": "assistant", "content": [{"path": path, "alt_text": PANELS_ALT}, PANELS_CAPTION]}
+
+
 def _description(engine: ChatEngine) -> str:
     adapter = engine.adapter
     lines = [
@@ -292,12 +336,17 @@ def build_demo(engine: ChatEngine, examples: list[dict[str, Any]] | None = None)
         if not answer:
             yield [f"{NOTICE} The model gave an empty answer; try rephrasing, or switch sampling on."]
             return
+        if answer == UNANSWERABLE:  # a note, not an answer, and no heat-map under it
+            yield [boundary_note(engine), *(f"{INFO} {note}" for note in notes)]
+            return
         if _hit_token_limit(engine, answer, settings):
             notes.append(
                 f"The answer was cut at Max new tokens ({settings.max_new_tokens}); raise it under "
                 "Generation settings for a longer one."
             )
-        overlay = _overlay_message(engine, image, question, answer, turns)
+        # A description gets a map per object it named; any other answer one map.
+        overlay = _panels_message(engine, image, question, answer, turns)
+        overlay = overlay or _overlay_message(engine, image, question, answer, turns)
         yield [answer, *([overlay] if overlay else []), *(f"{INFO} {note}" for note in notes)]
 
     # All GPU work of a turn (generation and the attention picture) happens inside `respond`.

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ..data.phrasing import rephrase
 from ..data.shapes import (
     COLORS,
     OBJECT_COUNT_RANGE,
@@ -140,6 +141,8 @@ class ShapesConversations(IterableDataset):
     `more_variety` widens how scenes are drawn, still within the spec: a third of them at 96-160 px
     (sides otherwise uniform over the range, so small renders are rare), half the triangles
     equilateral (0.87 as tall as their box), and noise over the objects too in a third of images.
+    `phrasing_v2` is the share of questions asked in a random form of the spec's version 2 table
+    (`mmchat.data.phrasing`); the rest keep the exact templates.
     """
 
     def __init__(
@@ -153,11 +156,12 @@ class ShapesConversations(IterableDataset):
         family_weights: dict[str, float] | None = None,
         object_weights: dict[int, float] | None = None,
         more_variety: bool = False,
+        phrasing_v2: float = 0.0,
     ):
         self.seed, self.min_turns, self.max_turns, self.side_range = seed, min_turns, max_turns, side_range
         self.max_objects, self.families, self.family_weights = max_objects, families, family_weights
         self.object_counts = object_count_weights(object_weights) if object_weights else None
-        self.more_variety = more_variety
+        self.more_variety, self.phrasing_v2 = more_variety, phrasing_v2
 
     def __iter__(self) -> Iterator[Conversation]:
         rng = _worker_rng(self.seed)
@@ -180,7 +184,10 @@ class ShapesConversations(IterableDataset):
                 objects, rng, side, supersample=rng.choice((1, 2, 4)), shared_noise=rng.random() < 0.3, **variety
             )
             k = rng.randint(self.min_turns, self.max_turns)
-            turns = [(q["question"], q["answer"]) for q in sampler.questions(objects, rng, k)]
+            turns = [
+                (rephrase(q["question"], rng) if rng.random() < self.phrasing_v2 else q["question"], q["answer"])
+                for q in sampler.questions(objects, rng, k)
+            ]
             if turns:
                 yield Conversation(image, turns, objects)
 

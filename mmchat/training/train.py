@@ -32,7 +32,7 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data.shapes import EXTRA_FAMILIES, FAMILIES, family_weight_list, sample_question, sample_scene, write_dataset
+from ..data.shapes import ALL_FAMILIES, FAMILIES, family_weight_list, sample_question, sample_scene, write_dataset
 from ..data.vqa import VQAExample, load_vqa
 from ..evaluation.evaluate import format_scores, predict
 from ..evaluation.vqa_metric import score_predictions
@@ -118,9 +118,10 @@ class TrainConfig:
     max_turns: int = 6
     min_turns: int = 1  # set to max_turns for full sequences: no padding, each image encoded once per 6 answers
     shapes_weight: float = 1.0
-    family_weights: list[str] = field(default_factory=list)  # e.g. relation=3 count=2 where=1 (where: training only)
+    family_weights: list[str] = field(default_factory=list)  # e.g. relation=3 count=2 describe=4 where=1 (where: training only)
     object_weights: list[str] = field(default_factory=list)  # e.g. 5=2 6=2: crowded scenes more often (training only)
     more_variety: bool = False  # more small sides, equilateral triangles, noise over objects (all within the spec)
+    phrasing_v2: float = 0.0  # share of ShapesVQA questions asked in a random v2 form (mmchat.data.phrasing)
     easy: bool = False  # curriculum stage: scenes of 1-2 objects, no relation/compare questions
     vqa_data: list[str] = field(default_factory=list)
     vqa_weight: float = 0.25
@@ -209,7 +210,7 @@ def _key_weights(items: list[str], key: type, flag: str, check: Callable[[dict],
 def parse_family_weights(items: list[str]) -> dict[str, float] | None:
     """["relation=3", "count=2"] -> {"relation": 3.0, "count": 2.0}; families not named weigh 1."""
     return _key_weights(
-        items, str, "--family-weights takes FAMILY=WEIGHT", lambda w: family_weight_list(w, FAMILIES + EXTRA_FAMILIES)
+        items, str, "--family-weights takes FAMILY=WEIGHT", lambda w: family_weight_list(w, ALL_FAMILIES)
     )
 
 
@@ -319,7 +320,8 @@ def train(cfg: TrainConfig) -> Path:
         family_weights = parse_family_weights(cfg.family_weights)
         shapes = ShapesConversations(
             seed, cfg.max_turns, cfg.min_turns, family_weights=family_weights,
-            object_weights=parse_object_weights(cfg.object_weights), more_variety=cfg.more_variety, **easy,
+            object_weights=parse_object_weights(cfg.object_weights), more_variety=cfg.more_variety,
+            phrasing_v2=cfg.phrasing_v2, **easy,
         )
         sources, weights = [shapes], [cfg.shapes_weight]
         if vqa_examples:

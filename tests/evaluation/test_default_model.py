@@ -16,8 +16,9 @@ from mmchat.data.shapes import write_dataset
 from mmchat.data.vqa import load_vqa
 from mmchat.evaluation.evaluate import predict
 from mmchat.evaluation.vqa_metric import score_predictions
-from mmchat.serving.engine import ChatEngine, GenerationSettings
+from mmchat.serving.engine import UNANSWERABLE, ChatEngine, GenerationSettings
 from mmchat.serving.loading import DEFAULT_MODEL, load_model
+from mmchat.serving.ui import BOUNDARY
 
 ROOT = Path(__file__).resolve().parents[2]
 # The model card: 99.5 % on its 1,500-question test split, blind 23.8 % (on these 140 questions:
@@ -86,5 +87,29 @@ def test_the_app_with_no_flags_serves_it_and_answers_its_examples(adapter, tmp_p
             reply = client.predict({"text": example["question"], "files": [handle_file(image)]}, 8, False, 0.7, api_name="/chat")
             assert reply[0] == engine.answer(image, example["question"], settings=greedy)
             answers.append(reply[0])
+        # The photo among the examples gets the note (what the model knows), not an answer or a map.
+        photos = [e for e in json.loads((ROOT / "assets" / "examples.json").read_text()) if e["file"].endswith(".jpg")]
+        assert photos
+        for example in photos:
+            client.reset_session()
+            image = handle_file(str(ROOT / "assets" / example["file"]))
+            reply = client.predict({"text": example["question"], "files": [image]}, 8, False, 0.7, api_name="/chat")
+            assert len(reply) == 1 and reply[0].startswith(BOUNDARY) and "MMCHAT_MODEL" in reply[0]
     right = sum(a == e["answer"] for a, e in zip(answers, examples))
     assert right == len(examples), list(zip(answers, examples))
+
+
+def test_it_declines_photos_and_questions_outside_its_world(adapter):
+    """Version 2: photos that ship in common packages and questions about other things are
+    `unanswerable`; every phrasing form of a question of its world is answered as the template."""
+    engine = ChatEngine(adapter)
+    greedy = GenerationSettings(max_new_tokens=8)
+    for question in ("What animal is this?", "How many objects are there?", "Describe the image."):
+        assert engine.answer(ROOT / "assets" / "cheetah.jpg", question, settings=greedy) == UNANSWERABLE
+    scene = ROOT / "assets" / "shapes-2.png"
+    for question in ("Is there a dog?", "hello", "Write a poem about this.", "What time is it?"):
+        assert engine.answer(scene, question, settings=greedy) == UNANSWERABLE
+    template = engine.answer(scene, "How many green objects are there?", settings=greedy)
+    assert template == "2"
+    for form in ("how many green objects can you see", "COUNT THE GREEN OBJECTS.", "What is the number of green objects?"):
+        assert engine.answer(scene, form, settings=greedy) == template

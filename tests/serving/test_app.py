@@ -14,7 +14,7 @@ from PIL import Image
 
 from mmchat.serving.engine import ChatEngine, GenerationSettings
 from mmchat.serving.families import Turn
-from mmchat.serving.ui import NOTICE, build_demo, conversation_context
+from mmchat.serving.ui import BOUNDARY, NOTICE, build_demo, conversation_context
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -187,6 +187,29 @@ def test_app_exits_2_with_a_one_line_error_when_the_model_is_missing(
     assert app.main(["--model", str(tmp_path / "missing"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mmchat: cannot start:") and "\n" not in err
+
+
+class DecliningEngine(StubEngine):
+    """Answers every question `unanswerable`, as a world-bound model does for a photo."""
+
+    def stream(self, image: Any, question: str, history: list[Turn], settings: GenerationSettings) -> Iterator[str]:
+        self.calls.append((image, question, list(history)))
+        yield "unanswerable"
+
+    def attention_overlay(self, *args: Any) -> None:
+        raise AssertionError("no heat-map under a note")
+
+
+def test_unanswerable_is_shown_as_a_note_with_no_heat_map(image_file: str) -> None:
+    demo = build_demo(DecliningEngine(), examples=[])
+    reply = list(demo.fn({"text": "What animal is this?", "files": [image_file]}, [], *GREEDY.values()))[-1]
+    assert len(reply) == 1 and reply[0].startswith(BOUNDARY)
+    note = reply[0]
+    assert "Salesforce/blip-vqa-base" in note and "Llama-3.2" in note and "MMCHAT_MODEL" in note
+    # The note is never handed back to the model as an answer.
+    history = [{"role": "user", "content": [{"path": image_file}, "What animal is this?"]},
+               {"role": "assistant", "content": note}]
+    assert conversation_context(history) == (image_file, [])
 
 
 def test_answers_run_inside_spaces_gpu_where_spaces_is_installed(image_file: str, monkeypatch: pytest.MonkeyPatch) -> None:

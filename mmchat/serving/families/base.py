@@ -54,6 +54,7 @@ class FamilyAdapter:
     default_concurrency: ClassVar[int] = 64
     model_class: ClassVar[Any]
     processor_class: ClassVar[Any]
+    world_gate: Any = None  # the checkpoint's `mmchat.serving.gate.WorldGate`, set by the loader if it has one
 
     def __init__(self, model: torch.nn.Module, processor: Any):
         self.model = model

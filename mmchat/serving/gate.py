@@ -1,0 +1,149 @@
+"""The world gate: what a world-bound model (the default ShapesVQA one) declines as `unanswerable`.
+
+A checkpoint folder may carry `world_gate.json`; the loader reads it beside the weights and the
+engine asks the gate before every answer, so the app and `python -m mmchat evaluate` decline
+exactly the same things. Two checks:
+
+- the question: the world's grammar (`mmchat.data.phrasing`: every v1 template and v2 form, with
+  the world's words). A question that fits no family is declined; one that fits is asked in its
+  v1 template, which is what the model was trained on, and always answered.
+- the image: a small classifier over cheap pixel statistics (how flat and light the background
+  is, how much of the rest is near the world's colours, edges, colour count), trained by
+  `python -m mmchat train-gate` on in-world renders against out-of-world images, with whole
+  sources held out to measure it. Its weights and threshold are the JSON's.
+
+numpy and Pillow only: nothing here needs the packages the gate was trained with.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..data.phrasing import parse
+from .families import Turn
+
+GATE_FILE = "world_gate.json"
+UNANSWERABLE = "unanswerable"
+_SIDE = 64  # images are read at 64 x 64: enough for a flat background and a few solid shapes
+# The world's colours (ShapesVQA's six and easy-vqa's eight), RGB.
+PALETTE = np.array(
+    [(220, 40, 40), (40, 170, 60), (40, 80, 220), (230, 210, 40), (140, 60, 180), (240, 140, 30),
+     (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 0, 0), (128, 128, 128), (0, 128, 128), (165, 42, 42)],
+    dtype=np.float32,
+)
+FEATURES = (
+    "background_min", "background_spread", "background_share", "border_background", "background_noise",
+    "palette_share", "other_share", "other_of_foreground", "edge_share", "edge_per_foreground", "colour_bins",
+    "aspect", "dark_edge", "line_fill",
+)
+
+
+def image_features(image: Image.Image) -> np.ndarray:
+    """(len(FEATURES),) statistics of an RGB image, each roughly in [0, 1]."""
+    w, h = image.size
+    a = np.asarray(image.convert("RGB").resize((_SIDE, _SIDE), Image.BOX), dtype=np.float32)  # (64, 64, 3)
+    ring = np.ones((_SIDE, _SIDE), bool)
+    ring[2:-2, 2:-2] = False
+    background = np.median(a[ring], axis=0)  # a scene's objects never cover its border for long
+    dist = np.linalg.norm(a - background, axis=-1)
+    near_bg = dist < 30
+    fg = ~near_bg
+    to_palette = np.linalg.norm(a[..., None, :] - PALETTE, axis=-1).min(axis=-1)
+    palette = fg & (to_palette < 60)
+    other = fg & ~palette
+    residual = (a - background)[near_bg]
+    grey = a.mean(axis=-1)
+    edges = np.zeros_like(grey, dtype=bool)
+    edges[:, 1:] |= np.abs(np.diff(grey, axis=1)) > 40
+    edges[1:, :] |= np.abs(np.diff(grey, axis=0)) > 40
+    bins = np.bincount((a // 64).astype(np.int64).reshape(-1, 3) @ np.array([16, 4, 1]), minlength=64)
+    fg_share = fg.mean()
+    # Text and chart axes are thin and dark: most of their dark pixels touch an edge; easy-vqa's
+    # black shapes are solid. A row or column mostly foreground is an axis or a bar, not a scene.
+    dark = grey < 100
+    line_fill = max(fg.mean(axis=0).max(), fg.mean(axis=1).max())
+    return np.array(
+        [
+            background.min() / 255,
+            (background.max() - background.min()) / 255,
+            near_bg.mean(),
+            near_bg[ring].mean(),
+            min(1.0, residual.std() / 32) if residual.size else 1.0,
+            palette.mean(),
+            other.mean(),
+            other.sum() / max(1, fg.sum()),
+            edges.mean(),
+            min(1.0, edges.mean() / max(fg_share, 0.01)),
+            (bins > 0.005 * _SIDE * _SIDE).sum() / 64,
+            min(1.0, abs(np.log(w / h))),
+            (dark & edges).sum() / max(1, dark.sum()),
+            line_fill,
+        ],
+        dtype=np.float32,
+    )
+
+
+class WorldGate:
+    """Decides, from `world_gate.json`'s contents, what the model answers and what it declines."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+        image = config["image"]
+        if list(image["features"]) != list(FEATURES):
+            raise ValueError(f"{GATE_FILE} was trained on features {image['features']}, this code reads {FEATURES}")
+        self.mean, self.scale = np.array(image["mean"], np.float32), np.array(image["scale"], np.float32)
+        self.layers = [(np.array(w, np.float32), np.array(b, np.float32)) for w, b in image["layers"]]
+        self.threshold = float(image["threshold"])
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path) -> WorldGate | None:
+        """The gate saved beside a checkpoint (a folder, or a hub repo's file), or None if it has none."""
+        from transformers.utils import cached_file
+
+        path = cached_file(str(source), GATE_FILE, _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False)
+        return None if path is None else cls(json.loads(Path(path).read_text()))
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / GATE_FILE
+        path.write_text(json.dumps(self.config, indent=1))
+        return path
+
+    def image_scores(self, features: np.ndarray) -> np.ndarray:
+        """(n, F) features -> (n,) probability that each image is a scene of this world."""
+        x = (features - self.mean) / self.scale
+        for i, (w, b) in enumerate(self.layers):
+            x = x @ w + b
+            if i < len(self.layers) - 1:
+                x = np.tanh(x)
+        return 1 / (1 + np.exp(-x[:, 0]))
+
+    def image_in_world(self, image: Image.Image) -> bool:
+        return bool(self.image_scores(image_features(image)[None])[0] >= self.threshold)
+
+    def question(self, question: str) -> str | None:
+        """The v1 template to ask for `question`, or None when it fits no family of the world."""
+        parsed = parse(question)
+        return None if parsed is None else parsed.canonical
+
+    def ask(self, image: Image.Image, question: str) -> str | None:
+        """The question to put to the model, or None: the answer is `unanswerable`."""
+        asked = self.question(question)
+        if asked is None or not self.image_in_world(image):
+            return None
+        return asked
+
+    def history(self, turns: Sequence[Turn]) -> list[Turn]:
+        """Earlier turns as the model saw them: declined ones left out, the rest in their templates."""
+        kept = []
+        for turn in turns:
+            asked = self.question(turn.question)
+            if asked is not None and turn.answer.strip() != UNANSWERABLE:
+                kept.append(Turn(asked, turn.answer))
+        return kept

@@ -1,0 +1,95 @@
+"""The world gate: the engine declines what the checkpoint's gate says is outside its world,
+answers every question that fits a family (in its v1 template), and the loader finds the gate."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmchat.serving.engine import UNANSWERABLE, ChatEngine, GenerationSettings
+from mmchat.serving.families import Turn
+from mmchat.serving.gate import FEATURES, GATE_FILE, WorldGate, image_features
+
+SHORT = GenerationSettings(max_new_tokens=6)
+
+
+def flat_background_gate() -> WorldGate:
+    """A hand-set gate: in the world iff most of the picture is its (light) background colour."""
+    weights = np.zeros((len(FEATURES), 1))
+    weights[FEATURES.index("background_share"), 0] = 20.0
+    weights[FEATURES.index("background_min"), 0] = 20.0
+    return WorldGate({
+        "questions": "shapes-vqa-v2", "about": "coloured shapes", "examples": ["How many circles are there?"],
+        "image": {"features": list(FEATURES), "mean": [0.0] * len(FEATURES), "scale": [1.0] * len(FEATURES),
+                  "layers": [(weights.tolist(), [-24.0])], "threshold": 0.5},
+    })
+
+
+@pytest.fixture
+def noise_image() -> Image.Image:
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def gated_checkpoint(tiny_checkpoint, tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("gated") / "model"
+    shutil.copytree(tiny_checkpoint, path)
+    flat_background_gate().save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def engine(gated_checkpoint) -> ChatEngine:
+    return ChatEngine.from_pretrained(gated_checkpoint, device="cpu")
+
+
+def test_the_loader_reads_the_gate_beside_the_weights(engine, tiny_checkpoint) -> None:
+    assert isinstance(engine.adapter.world_gate, WorldGate)
+    assert ChatEngine.from_pretrained(tiny_checkpoint, device="cpu").adapter.world_gate is None
+
+
+def test_features_tell_a_flat_scene_from_noise(shapes_image, noise_image) -> None:
+    gate = flat_background_gate()
+    assert image_features(shapes_image).shape == (len(FEATURES),)
+    assert gate.image_in_world(shapes_image) and not gate.image_in_world(noise_image)
+
+
+def test_out_of_world_images_and_questions_are_declined(engine, shapes_image, noise_image) -> None:
+    assert engine.answer(noise_image, "How many objects are there?", settings=SHORT) == UNANSWERABLE
+    for question in ("hello", "What animal is this?", "Write a poem.", "How many cats are there?"):
+        assert engine.answer(shapes_image, question, settings=SHORT) == UNANSWERABLE
+    assert engine.attention_overlay(noise_image, "How many objects are there?", "3") is None
+
+
+def test_every_form_is_answered_as_its_template(engine, shapes_image, tiny_checkpoint) -> None:
+    plain = ChatEngine.from_pretrained(tiny_checkpoint, device="cpu")  # the same model, no gate
+    for form in ("count the circles", "HOW MANY CIRCLES CAN YOU SEE", "What is the number of circles?"):
+        answer = engine.answer(shapes_image, form, settings=SHORT)
+        assert answer != UNANSWERABLE
+        assert answer == plain.answer(shapes_image, "How many circles are there?", settings=SHORT)
+
+
+def test_a_batch_mixes_declines_and_answers(engine, shapes_image, noise_image) -> None:
+    answers = engine.answer_batch(
+        [shapes_image, noise_image, shapes_image], ["Is there a red square?", "Is there a red square?", "hi"], SHORT
+    )
+    assert answers[0] == engine.answer(shapes_image, "Is there a red square?", settings=SHORT)
+    assert answers[1:] == [UNANSWERABLE, UNANSWERABLE]
+
+
+def test_declined_turns_are_left_out_of_the_history() -> None:
+    turns = [Turn("hello", UNANSWERABLE), Turn("count the circles", "2")]
+    assert flat_background_gate().history(turns) == [Turn("How many circles are there?", "2")]
+
+
+def test_a_gate_for_other_features_is_refused(tmp_path) -> None:
+    config = flat_background_gate().config
+    config["image"]["features"] = ["something_else"]
+    with pytest.raises(ValueError, match="features"):
+        WorldGate(config)
+    (tmp_path / GATE_FILE).write_text("{}")
+    with pytest.raises(KeyError):
+        WorldGate.from_pretrained(tmp_path)
