@@ -8,6 +8,7 @@ Every flag has an environment variable, so a Space is configured in its settings
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -63,6 +64,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # On a ZeroGPU Space, `spaces` is imported before torch sets up CUDA (mmchat.serving.ui wraps
+    # each answer in `spaces.GPU`); elsewhere the package is absent and this does nothing.
+    with contextlib.suppress(ImportError):
+        import spaces  # noqa: F401
     # Imported here so that `--help` and bad flags answer at once, without loading torch.
     from mmchat.serving.engine import ChatEngine, LoadError
     from mmchat.serving.ui import MAX_FILE_SIZE, build_demo

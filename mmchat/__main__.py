@@ -5,6 +5,8 @@
     python -m mmchat shapes --out data/shapes-test --images 300    # mmchat.data.shapes (ShapesVQA)
     python -m mmchat easy-vqa --out data/easy-vqa-test --split test
     python -m mmchat count-probe MODEL | position-probe MODEL
+    python -m mmchat card MODEL --results SCORES.json ...          # mmchat.evaluation.card (model-index)
+    python -m mmchat publish model|space --repo-id ID [--dry-run DIR]  # mmchat.serving.publish (the hub)
 
 `COMMAND --help` gives each one's options. Each module is imported only when its command runs.
 """
@@ -22,6 +24,8 @@ COMMANDS = {
     "easy-vqa": ("mmchat.data.easy_vqa", "convert the easy-vqa data set"),
     "count-probe": ("mmchat.evaluation.count_probe", "score counting by true count and object size"),
     "position-probe": ("mmchat.evaluation.position_probe", "how well the patches say where they lie"),
+    "card": ("mmchat.evaluation.card", "write evaluation results into a model card's model-index"),
+    "publish": ("mmchat.serving.publish", "upload a model folder or this project as a Space to the hub"),
 }
 
 

@@ -55,10 +55,12 @@ def engine(tiny_checkpoint: str) -> ChatEngine:
 
 
 @contextmanager
-def serve_app(args: list[str], folder: Path, port: int | None = None) -> Iterator[str]:
+def serve_app(args: list[str], folder: Path, port: int | None = None, app_dir: Path = ROOT) -> Iterator[str]:
     """`python app.py ARGS` on `port` (a free one by default), its uploads and log in `folder`; yields its URL.
 
     The same port again is the same origin to a browser: its local storage (saved chats) carries over.
+    `app_dir` holds the `app.py` to run, and is its working directory; another folder than this
+    repository (a staged Space) runs without PYTHONPATH, so it imports only what it holds.
     """
     port = port or free_port()
     log = folder / "app.log"
@@ -70,9 +72,11 @@ def serve_app(args: list[str], folder: Path, port: int | None = None) -> Iterato
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("MMCHAT_MODEL", None)  # the model is the test's choice, not the shell's
-    command = [sys.executable, str(ROOT / "app.py"), *args, "--port", str(port), "--device", "cpu"]
+    if app_dir != ROOT:
+        env.pop("PYTHONPATH", None)
+    command = [sys.executable, str(app_dir / "app.py"), *args, "--port", str(port), "--device", "cpu"]
     with log.open("w") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=app_dir, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_serving(url, process, log, START_TIMEOUT_S)

@@ -1,6 +1,9 @@
 """Answer every question of a VQA-layout folder and score it with the official VQA accuracy.
 
-    python -m mmchat evaluate --model PATH --data DIR --predictions OUT.json
+    python -m mmchat evaluate --model PATH --data DIR --predictions OUT.json [--results-json SCORES.json]
+
+`--results-json` also writes the scores with what was measured (model, data set, quantization),
+the input of `python -m mmchat card`, which puts them in a model card's `model-index`.
 
 Answers come through the serving path (`ChatEngine`: the same upload checks and family adapter
 as the app), so a folder is scored on exactly what the app would say.
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -57,6 +61,31 @@ def format_scores(scores: dict) -> str:
     return "\n".join(lines)
 
 
+def results_record(scores: dict, args: argparse.Namespace, engine: ChatEngine) -> dict:
+    """The scores and what they measured, as `--results-json` writes them for the model card."""
+    adapter = engine.adapter
+    return {
+        "model": args.model,
+        "dataset": {
+            "name": args.dataset_name or Path(args.data).name,
+            "type": args.dataset_type or Path(args.data).name,
+            "split": args.dataset_split,
+            "folder": args.data,
+        },
+        "metric": "VQA accuracy",
+        "accuracy": scores["overall"],
+        "questions": scores["n"],
+        "per_question_type": scores["per_question_type"],
+        "per_answer_type": scores["per_answer_type"],
+        "blind": args.blind,
+        "limit": args.limit,
+        "quantization": getattr(adapter, "quantization", None),
+        "device": getattr(adapter, "device_name", None),
+        "max_new_tokens": args.max_new_tokens,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mmchat evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="checkpoint folder, hub id, or openai:URL#MODEL_ID")
@@ -68,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
     parser.add_argument("--blind", action="store_true", help="blank every image: the question-only baseline")
+    parser.add_argument("--results-json", help="also write the scores and what they measured here (for `mmchat card`)")
+    parser.add_argument("--dataset-name", help="the data set's name in --results-json (default: the folder's name)")
+    parser.add_argument("--dataset-type", help="its id in --results-json, e.g. a hub data set id (default: the folder's name)")
+    parser.add_argument("--dataset-split", default="test", help="its split in --results-json (default: test)")
     args = parser.parse_args(argv)
 
     try:
@@ -84,9 +117,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     Path(args.predictions).write_text(json.dumps(predictions))
     if all(ex.answers for ex in examples):
-        print(format_scores(score_predictions(predictions, examples)))
+        scores = score_predictions(predictions, examples)
+        print(format_scores(scores))
+        if args.results_json:
+            Path(args.results_json).write_text(json.dumps(results_record(scores, args, engine), indent=2) + "\n")
     else:
         print(f"wrote {len(predictions)} answers; {args.data} has no annotations to score them against")
+        if args.results_json:
+            print("error: no scores to write to --results-json without annotations", file=sys.stderr)
+            return 2
     return 0
 
 

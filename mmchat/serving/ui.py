@@ -16,9 +16,10 @@ content is `[{"path": ..., "alt_text": ...}, caption]`.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,19 @@ MAX_NEW_TOKENS = 256
 # Uploads and overlays are deleted a day after they were made (checked hourly): long enough for
 # any conversation that still refers to them, short enough that a public Space does not fill up.
 DELETE_CACHE = (3600, 86400)
+
+
+def on_gpu(fn: Callable) -> Callable:
+    """`fn` inside `spaces.GPU` where the `spaces` package is installed (on Hugging Face Spaces).
+
+    On ZeroGPU hardware a GPU is attached to the Space only while such a function runs; on any
+    other hardware `spaces.GPU` does nothing, and off Spaces (no `spaces`) `fn` is returned as is.
+    """
+    try:
+        spaces = importlib.import_module("spaces")
+    except ImportError:
+        return fn
+    return spaces.GPU(fn)
 
 
 def load_examples(folder: Path = ASSETS) -> list[dict[str, Any]]:
@@ -285,6 +299,9 @@ def build_demo(engine: ChatEngine, examples: list[dict[str, Any]] | None = None)
             )
         overlay = _overlay_message(engine, image, question, answer, turns)
         yield [answer, *([overlay] if overlay else []), *(f"{INFO} {note}" for note in notes)]
+
+    # All GPU work of a turn (generation and the attention picture) happens inside `respond`.
+    respond = on_gpu(respond)
 
     textbox = lenient_textbox(
         # Named as well as "image": some pickers do not count HEIC/AVIF as images.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,29 @@ def test_app_exits_2_with_a_one_line_error_when_the_model_is_missing(
     assert app.main(["--model", str(tmp_path / "missing"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mmchat: cannot start:") and "\n" not in err
+
+
+def test_answers_run_inside_spaces_gpu_where_spaces_is_installed(image_file: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a ZeroGPU Space the chat function must run inside `spaces.GPU`; without `spaces`, as is."""
+    import functools
+    import types
+
+    entered: list[str] = []
+
+    def gpu(fn):
+        @functools.wraps(fn)
+        def inside(*args, **kwargs):
+            entered.append(fn.__name__)
+            yield from fn(*args, **kwargs)
+
+        return inside
+
+    monkeypatch.setitem(sys.modules, "spaces", None)  # `import spaces` fails, as off Spaces
+    assert not hasattr(build_demo(StubEngine(), examples=[]).fn, "__wrapped__")
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    demo = build_demo(StubEngine(), examples=[])
+    assert list(demo.fn({"text": "q?", "files": [image_file]}, [], *GREEDY.values()))[-1] == ["stub answer"]
+    assert entered == ["respond"]
 
 
 def test_stop_keeps_the_partial_answer_marked_and_out_of_the_history(image_file: str) -> None:

@@ -35,6 +35,10 @@ def test_short_run_saves_loadable_model_and_resumes(tmp_path):
 
     adapter = load_model(out / "final", device="cpu")
     assert adapter.family == "mmchat" and adapter.model.config.text_config.hidden_size == 64
+    # The saved model carries its code and auto_map: it loads from the hub without mmchat.
+    assert (out / "final" / "modeling_mmchat.py").is_file() and (out / "final" / "processing_mmchat.py").is_file()
+    assert "AutoModelForImageTextToText" in json.loads((out / "final" / "config.json").read_text())["auto_map"]
+    assert "AutoProcessor" in json.loads((out / "final" / "processor_config.json").read_text())["auto_map"]
 
 
 def test_a_run_stops_early_on_its_schedule_and_resumes_with_a_new_mix(tmp_path):
