@@ -5,7 +5,10 @@ It knows nothing of Gradio; the UI, the evaluation CLI and the tests all call it
 
 from __future__ import annotations
 
+import queue
 import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,13 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from .cache import image_key
 from .families import FamilyAdapter, ServingError, Turn
 from .images import ImageInputError, load_image
 from .loading import LoadError, load_model
 from .overlay import overlay_attention
 from .questions import MAX_QUESTION_CHARS, check_question
+from .scheduler import Request, Scheduler
 from .settings import ChatInputError, GenerationSettings
 
 # What callers (the UI, the evaluation CLI) need, from one place.
@@ -30,29 +34,63 @@ __all__ = [
     "GenerationSettings",
     "ImageInputError",
     "LoadError",
+    "Reply",
     "ServingError",
     "Turn",
 ]
 
 
-class _StopOnEvent(StoppingCriteria):
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> bool:
-        return self.event.is_set()
-
-
 class ChatEngine:
-    """Answers questions about one image at a time with a loaded family adapter."""
+    """Answers questions about images for many users at once with a loaded family adapter.
 
-    def __init__(self, adapter: FamilyAdapter, timeout_s: float = 300.0):
+    Every request goes to one scheduler thread that owns the model (`scheduler.Scheduler`): the
+    batched families share forward passes, the others are answered one at a time there.
+    """
+
+    def __init__(
+        self,
+        adapter: FamilyAdapter,
+        timeout_s: float = 300.0,
+        max_batch: int = 64,
+        max_waiting: int = 256,
+        image_cache_bytes: int = 64 << 20,
+        prefix_cache_bytes: int = 128 << 20,
+        record_attention: bool = True,
+    ):
         self.adapter = adapter
         self.timeout_s = timeout_s
+        self.max_waiting = max_waiting
+        # A family that streams itself (a remote model, `stream_answer`) has no local model to own.
+        self.scheduler: Scheduler | None = None
+        if not adapter.streams_itself:
+            self.scheduler = Scheduler(
+                adapter,
+                max_batch=max_batch,
+                image_cache_bytes=image_cache_bytes,
+                prefix_cache_bytes=prefix_cache_bytes,
+                record_attention=record_attention and adapter.shows_attention,
+            )
+            # An engine dropped without close() still ends its thread (the thread holds the model).
+            weakref.finalize(self, self.scheduler.close_soon)
+        # (image key, prompt ids, answer) -> (A, N) cross-attention of each answer token, from the answering pass
+        self._attention: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._attention_lock = threading.Lock()
 
     @classmethod
-    def from_pretrained(cls, source: str | Path, quantization: str = "auto", device: str = "auto") -> ChatEngine:
-        return cls(load_model(source, quantization=quantization, device=device))
+    def from_pretrained(
+        cls, source: str | Path, quantization: str = "auto", device: str = "auto", **kwargs: Any
+    ) -> ChatEngine:
+        return cls(load_model(source, quantization=quantization, device=device), **kwargs)
+
+    def close(self) -> None:
+        """End the scheduler thread (requests still queued get an error)."""
+        if self.scheduler is not None:
+            self.scheduler.close()
+
+    def release(self, image: Any) -> None:
+        """Free what is cached for `image` (its features, its conversations' keys/values)."""
+        if self.scheduler is not None:
+            self.scheduler.release([self._image_key(load_image(image))])
 
     def describe(self) -> str:
         a = self.adapter
@@ -69,18 +107,74 @@ class ChatEngine:
         question = check_question(question)
         return load_image(image), question
 
-    def _fit_history(self, image: Image.Image, question: str, history: list[Turn]) -> dict[str, torch.Tensor]:
-        """Inputs with as much history as fits the context window, oldest turns dropped first."""
+    def _image_key(self, image: Image.Image) -> str:
+        return image_key(image, str(getattr(self.adapter, "source", id(self.adapter))))
+
+    def _trim(self, question: str, history: list[Turn], length: Any) -> tuple[Any, list[Turn]]:
+        """As much history as fits the context window, oldest turns dropped first; `length(q, h)` -> (x, tokens)."""
         history = list(history) if self.adapter.multi_turn else []
         limit = self.adapter.max_context_tokens()
         while True:
-            inputs = self.adapter.inputs(image, question, history)
-            if limit is None or inputs["input_ids"].shape[1] < limit or not history:
+            value, n = length(question, history)
+            if limit is None or n < limit or not history:
                 break
             history = history[1:]
-        if limit is not None and inputs["input_ids"].shape[1] >= limit:
+        if limit is not None and n >= limit:
             raise ChatInputError("That question is too long for this model's context; please shorten it.")
-        return inputs
+        return value, history
+
+    def _fit_history(self, image: Image.Image, question: str, history: list[Turn]) -> dict[str, torch.Tensor]:
+        """Model inputs with as much history as fits the context window, oldest turns dropped first."""
+
+        def length(q: str, h: list[Turn]) -> tuple[dict[str, torch.Tensor], int]:
+            inputs = self.adapter.inputs(image, q, h)
+            return inputs, inputs["input_ids"].shape[1]
+
+        return self._trim(question, history, length)[0]
+
+    def _fit_prompt(self, question: str, history: list[Turn]) -> list[int]:
+        """Prompt token ids with as much history as fits; the image is not processed for this."""
+
+        def length(q: str, h: list[Turn]) -> tuple[list[int], int]:
+            ids = self.adapter.prompt_ids(q, h)
+            return ids, len(ids)
+
+        return self._trim(question, history, length)[0]
+
+    def submit(
+        self,
+        image: Any,
+        question: str,
+        history: list[Turn] | None = None,
+        settings: GenerationSettings | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> Reply:
+        """Queue one answer; iterate the returned `Reply` for the text as it grows."""
+        image, question = self.check(image, question)
+        settings = settings or GenerationSettings()
+        settings.generate_kwargs()  # checks them; raises ChatInputError
+        if self.scheduler is None:
+            raise ChatInputError("This model streams by itself; use `stream`.")
+        if self.scheduler.waiting() >= self.max_waiting:
+            raise ChatInputError("The server is busy answering other people; please try again in a minute.")
+        key = self._image_key(image)
+        if self.adapter.batched:
+            prompt, inputs = self._fit_prompt(question, history or []), None
+        else:
+            inputs = self._fit_history(image, question, history or [])
+            prompt = inputs["input_ids"][0].tolist()
+        request = Request(
+            prompt=prompt,
+            image=image,
+            image_key=key,
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=settings.do_sample,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            inputs=inputs,
+            cancel=stop_event or threading.Event(),
+        )
+        return Reply(self, self.scheduler.submit(request))
 
     def stream(
         self,
@@ -91,48 +185,17 @@ class ChatEngine:
         stop_event: threading.Event | None = None,
     ) -> Iterator[str]:
         """Yield the answer so far, growing, until generation ends or `stop_event` is set."""
-        image, question = self.check(image, question)
-        settings = settings or GenerationSettings()
-        stop_event = stop_event or threading.Event()
-        if self.adapter.streams_itself:
-            yield from self._stream_from_adapter(image, question, history or [], settings, stop_event)
+        if self.scheduler is None:
+            image, question = self.check(image, question)
+            settings = settings or GenerationSettings()
+            yield from self._stream_from_adapter(image, question, history or [], settings, stop_event or threading.Event())
             return
-        inputs = self._fit_history(image, question, history or [])
-        streamer = TextIteratorStreamer(
-            self.adapter.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=self.timeout_s
-        )
-        kwargs = dict(
-            **inputs,
-            **self.adapter.generate_kwargs(),
-            **settings.generate_kwargs(),
-            streamer=streamer,
-            stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop_event)]),
-        )
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                with torch.inference_mode():
-                    self.adapter.model.generate(**kwargs)
-            except BaseException as e:  # surfaced in the caller's thread below
-                errors.append(e)
-                streamer.end()
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        text = ""
+        reply = self.submit(image, question, history, settings, stop_event)
         try:
-            for piece in streamer:
-                if stop_event.is_set():  # Stop pressed: show nothing more, even tokens already made
-                    break
-                text += piece
-                yield text.strip()
+            yield from reply
         finally:
-            # The consumer stopped early (Stop button, closed tab): end generation, don't leak it.
-            stop_event.set()
-            thread.join(timeout=self.timeout_s)
-        if errors:
-            raise errors[0]
+            # The consumer stopped early (Stop button, closed tab): the scheduler drops the row.
+            reply.stop()
 
     def _stream_from_adapter(
         self, image: Image.Image, question: str, history: list[Turn], settings: GenerationSettings, stop_event: threading.Event
@@ -162,17 +225,112 @@ class ChatEngine:
         return text
 
     def answer_batch(self, images: list[Any], questions: list[str], settings: GenerationSettings | None = None) -> list[str]:
-        """Answer many single-turn questions at once (evaluation): one padded generate call."""
+        """Answer many single-turn questions at once (evaluation)."""
         settings = settings or GenerationSettings()
+        if self.adapter.batched:
+            replies = [self.submit(image, question, [], settings) for image, question in zip(images, questions)]
+            return [reply.text() for reply in replies]
         checked = [self.check(image, question) for image, question in zip(images, questions)]
-        return self.adapter.answer_batch([c[0] for c in checked], [c[1] for c in checked], settings.generate_kwargs())
+        kwargs = settings.generate_kwargs()
+        return self._on_model(lambda: self.adapter.answer_batch([c[0] for c in checked], [c[1] for c in checked], kwargs))
+
+    def _on_model(self, fn: Any) -> Any:
+        """Run `fn` where the model is owned: between the scheduler's steps, never beside them."""
+        return fn() if self.scheduler is None else self.scheduler.call(fn, timeout_s=self.timeout_s)
+
+    def _remember(self, reply: Reply) -> None:
+        n = len(reply.answer_tokens)
+        if not n or len(reply.request.attention) < n:  # an empty answer has no picture
+            return
+        with self._attention_lock:
+            key = (reply.request.image_key, tuple(reply.request.prompt), reply.text_so_far)
+            self._attention[key] = torch.stack(reply.request.attention[:n])
+            while len(self._attention) > 4096:
+                self._attention.popitem(last=False)
+
+    def answer_attention(
+        self, image: Any, question: str, answer: str, history: list[Turn] | None = None
+    ) -> torch.Tensor | None:
+        """(A, N): where each answer token's predicting position looked over the N image tokens, mean over
+        fused layers and heads. From the answering pass itself when this engine gave that answer; else
+        (another engine's answer) from one forward pass over the prompt and the answer."""
+        if not self.adapter.batched or not answer:
+            return None
+        image, question = self.check(image, question)
+        prompt = self._fit_prompt(question, history or [])
+        with self._attention_lock:
+            weights = self._attention.get((self._image_key(image), tuple(prompt), answer))
+        if weights is not None:
+            return weights
+        inputs = self._fit_history(image, question, history or [])
+        answer_ids = self.adapter.tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        return self._on_model(lambda: self.adapter.answer_attention(inputs, answer_ids))
 
     def attention_overlay(self, image: Any, question: str, answer: str, history: list[Turn] | None = None) -> Image.Image | None:
         """The image with the model's cross-attention for `answer` drawn over it, where the family has it."""
         if not self.adapter.shows_attention or not answer:
             return None
         image, question = self.check(image, question)
-        inputs = self._fit_history(image, question, history or [])
-        answer_ids = self.adapter.tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-        grid = self.adapter.attention_grid(inputs, answer_ids)
+        if self.adapter.batched:
+            weights = self.answer_attention(image, question, answer, history)
+            grid = None if weights is None or not len(weights) else self.adapter.grid_from_weights(weights.mean(0))
+        else:
+            inputs = self._fit_history(image, question, history or [])
+            answer_ids = self.adapter.tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+            grid = self._on_model(lambda: self.adapter.attention_grid(inputs, answer_ids))
         return None if grid is None else overlay_attention(image, np.asarray(grid))
+
+
+class Reply:
+    """One queued answer: iterate it for the text so far; `text()` waits for the whole answer."""
+
+    def __init__(self, engine: ChatEngine, request: Request):
+        self.engine = engine
+        self.request = request
+        self.tokens: list[int] = []
+        self.text_so_far = ""
+        self.finish_reason: str | None = None
+        eos = engine.scheduler.eos if engine.scheduler else set()
+        self._eos = eos
+
+    @property
+    def answer_tokens(self) -> list[int]:
+        return [t for t in self.tokens if t not in self._eos]
+
+    def stop(self) -> None:
+        self.request.cancel.set()
+
+    def __iter__(self) -> Iterator[str]:
+        tokenizer = self.engine.adapter.tokenizer
+        while self.finish_reason is None:
+            try:
+                kind, value = self.request.out.get(timeout=self.engine.timeout_s)
+            except queue.Empty:
+                self.stop()
+                raise TimeoutError(f"No answer within {self.engine.timeout_s:.0f} s; please try again.") from None
+            if kind == "error":
+                self.finish_reason = "error"
+                raise value
+            if kind == "end":
+                self.finish_reason = value
+                break
+            if self.request.cancel.is_set():  # Stop pressed: show nothing more, even tokens already made
+                continue
+            self.tokens.append(value)
+            text = tokenizer.decode(self.answer_tokens, skip_special_tokens=True).strip()
+            # Token by token, but never half a character (byte-level tokens) and never taking text back.
+            if text != self.text_so_far and not text.endswith("\ufffd") and text.startswith(self.text_so_far):
+                self.text_so_far = text
+                yield text
+        text = tokenizer.decode(self.answer_tokens, skip_special_tokens=True).strip()
+        if text != self.text_so_far:
+            self.text_so_far = text
+            yield text
+        if self.finish_reason in ("eos", "length"):
+            self.engine._remember(self)
+
+    def text(self) -> str:
+        for _ in self:
+            pass
+        return self.text_so_far
+

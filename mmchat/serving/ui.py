@@ -1,7 +1,7 @@
 """The Gradio chat UI: builds components and calls the engine, nothing else.
 
     demo = build_demo(ChatEngine.from_pretrained("models/mmchat-shapes"))
-    demo.queue(default_concurrency_limit=1).launch()
+    demo.queue(default_concurrency_limit=64, max_size=64).launch(max_threads=72)
 
 One message holds an image and a question (`gr.MultimodalTextbox`). Follow-up questions without
 an image are about the most recent image of the conversation; a new image starts a new context,

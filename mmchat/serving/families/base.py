@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from PIL import Image
+from transformers import DynamicCache
 
 
 @dataclass
@@ -35,18 +36,22 @@ class FamilyAdapter:
     `streams_itself`: the adapter answers through `stream_answer` (a family with no local model,
     such as a remote server) instead of the engine running `model.generate` with a streamer.
     `remote`: the answers come from another machine (the UI says so).
-    `default_concurrency`: answers the app streams at once unless told otherwise: one for a model
-    in this process, many for a server that batches them.
+    `default_concurrency`: answers the app streams at once unless told otherwise: 64 for a model in
+    this process (the engine's scheduler batches them, or answers them in turn for a family it
+    cannot batch), 16 for a server that batches them.
     """
 
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
     multi_turn: ClassVar[bool] = True
     shows_attention: ClassVar[bool] = False
+    # True: the family runs step by step in the scheduler's shared batches (`prompt_ids`,
+    # `encode_images`, `stack_images`, `select_images`, `step`); False: one `generate` at a time.
+    batched: ClassVar[bool] = False
     skip_modules: ClassVar[dict[str, list[str]]] = {}
     streams_itself: ClassVar[bool] = False
     remote: ClassVar[bool] = False
-    default_concurrency: ClassVar[int] = 1
+    default_concurrency: ClassVar[int] = 64
     model_class: ClassVar[Any]
     processor_class: ClassVar[Any]
 
@@ -71,6 +76,18 @@ class FamilyAdapter:
 
     def generate_kwargs(self) -> dict[str, Any]:
         return {}
+
+    def eos_token_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        return [eos] if isinstance(eos, int) else list(eos or [])
+
+    def pad_token_id(self) -> int:
+        pad = self.model.generation_config.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.eos_token_ids()[0])
 
     def answer_batch(self, images: list[Image.Image], questions: list[str], generate_kwargs: dict[str, Any]) -> list[str]:
         """Single-turn answers to many questions in one batched generate (evaluation)."""
@@ -113,3 +130,20 @@ class FamilyAdapter:
 def stretch(grid: np.ndarray) -> np.ndarray:
     """Attention weights to [0, 1]: what matters is where attention is higher than elsewhere."""
     return (grid - grid.min()) / max(float(grid.max() - grid.min()), 1e-12)
+
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (B, kv heads, L, head dim) keys and values
+
+
+def to_cache(past: KV | None) -> DynamicCache:
+    """Per-layer keys/values as a DynamicCache, without copying them (`update` would concatenate)."""
+    if past is None:
+        return DynamicCache()
+    cache = DynamicCache(ddp_cache_data=[(k[:, :, :0], v[:, :, :0]) for k, v in past])
+    for layer, (k, v) in zip(cache.layers, past):
+        layer.keys, layer.values = k, v
+    return cache
+
+
+def from_cache(cache: DynamicCache) -> KV:
+    return [(layer.keys, layer.values) for layer in cache.layers]

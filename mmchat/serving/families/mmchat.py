@@ -9,41 +9,111 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ...modeling.fusion import CrossAttentionCache
 from ...modeling.modeling_mmchat import MMChatForConditionalGeneration
 from ...modeling.processing_mmchat import MMChatProcessor
-from .base import FamilyAdapter, Turn, stretch
+from .base import KV, FamilyAdapter, Turn, from_cache, stretch, to_cache
 
 
 class MMChatAdapter(FamilyAdapter):
     family = "mmchat"
     model_types = ("mmchat",)
     shows_attention = True
+    batched = True
     model_class = MMChatForConditionalGeneration
     processor_class = MMChatProcessor
 
     def max_context_tokens(self) -> int | None:
         return getattr(self.model.config.text_config, "max_position_embeddings", None)
 
-    def inputs(self, image: Image.Image, question: str, history: list[Turn]) -> dict[str, torch.Tensor]:
+    def _prompt(self, question: str, history: list[Turn]) -> str:
         messages = []
         for turn in history:
             messages += [{"role": "user", "content": turn.question}, {"role": "assistant", "content": turn.answer}]
         messages.append({"role": "user", "content": question})
-        return self.to_device(self.processor(images=image, text=self.processor.prompt(messages)))
+        return self.processor.prompt(messages)
+
+    def inputs(self, image: Image.Image, question: str, history: list[Turn]) -> dict[str, torch.Tensor]:
+        return self.to_device(self.processor(images=image, text=self._prompt(question, history)))
+
+    # ---- step by step, for the scheduler's shared batches ----
+
+    def prompt_ids(self, question: str, history: list[Turn]) -> list[int]:
+        """The token ids `inputs` would give, without touching the image."""
+        return self.tokenizer(self._prompt(question, history))["input_ids"]
+
+    def encode_images(self, images: list[Image.Image]) -> list[CrossAttentionCache]:
+        """One state per image: its projected patches and every fused layer's keys/values, (1, ...)."""
+        pixel_values = self.processor(images=images)["pixel_values"].to(self.device)
+        with torch.inference_mode():
+            cache = self.model.encode_images(pixel_values)
+            for layer in self.model.decoder_layers():
+                if hasattr(layer, "cross_attn"):
+                    cache.get(layer.layer_idx, layer.cross_attn.project_kv)
+        return [self.select_images(cache, torch.tensor([i])) for i in range(len(images))]
+
+    def stack_images(self, states: list[CrossAttentionCache]) -> CrossAttentionCache:
+        return CrossAttentionCache(
+            torch.cat([s.image_states for s in states]),
+            {
+                layer: (torch.cat([s.key_values[layer][0] for s in states]), torch.cat([s.key_values[layer][1] for s in states]))
+                for layer in states[0].key_values
+            },
+        )
+
+    def select_images(self, state: CrossAttentionCache, idx: torch.Tensor) -> CrossAttentionCache:
+        idx = idx.to(state.image_states.device)
+        return CrossAttentionCache(
+            state.image_states[idx], {layer: (k[idx], v[idx]) for layer, (k, v) in state.key_values.items()}
+        )
+
+    def step(
+        self,
+        input_ids: torch.Tensor,  # (B, T)
+        attention_mask: torch.Tensor,  # (B, L + T): the cached columns, then these
+        position_ids: torch.Tensor,  # (B, T)
+        past: KV | None,
+        images: CrossAttentionCache,
+        record: bool,
+    ) -> tuple[torch.Tensor, KV, torch.Tensor | None]:
+        """One forward of a batch: the last position's logits (B, V), the grown keys/values, and
+        where that position looked (B, N), mean over fused layers and heads, when `record`."""
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=to_cache(past),
+                cross_attention_cache=images,
+                output_cross_attentions=record,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        weights = None
+        if record:  # (layers, B, nh, T, N) at the last position -> (B, N)
+            weights = torch.stack([w[:, :, -1] for w in out.cross_attentions]).mean(dim=(0, 2))
+        return out.logits[:, -1].float(), from_cache(out.past_key_values), weights
+
+    def grid_from_weights(self, weights: torch.Tensor) -> np.ndarray:
+        """(N,) weights over the image tokens -> the stretched (side, side) patch grid."""
+        side = math.isqrt(weights.numel())  # a square grid of patches (or CNN cells)
+        return stretch(weights[-side * side :].reshape(side, side).float().cpu().numpy())
 
     def answer_batch(self, images: list[Image.Image], questions: list[str], generate_kwargs: dict[str, Any]) -> list[str]:
         prompts = [self.processor.prompt([{"role": "user", "content": q}]) for q in questions]
         return self.generate_continuations(self.processor(images=images, text=prompts), generate_kwargs)
 
+    def answer_attention(self, inputs: dict[str, torch.Tensor], answer_ids: torch.Tensor) -> torch.Tensor:
+        """(A, N) by a second forward pass over prompt + answer: where each answer token's predicting
+        position looked, mean over fused layers and heads (the engine records the same while answering)."""
+        ids = torch.cat([inputs["input_ids"], answer_ids[None].to(self.device)], dim=1)
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, pixel_values=inputs["pixel_values"], output_cross_attentions=True)
+        n_answer = answer_ids.numel()
+        # (layers, B, nh, T, N) -> (A, N)
+        return torch.stack(out.cross_attentions)[:, 0, :, -n_answer - 1 : -1].float().mean(dim=(0, 1))
+
     def attention_grid(self, inputs: dict[str, torch.Tensor], answer_ids: torch.Tensor) -> np.ndarray | None:
         if answer_ids.numel() == 0:
             return None
-        ids = torch.cat([inputs["input_ids"], answer_ids[None].to(self.device)], dim=1)
-        with torch.no_grad():
-            out = self.model(input_ids=ids, pixel_values=inputs["pixel_values"], output_cross_attentions=True)
-        # Where the tokens that predicted the answer looked: (layers, B, nh, T, N) -> (N,)
-        n_answer = answer_ids.numel()
-        weights = torch.stack(out.cross_attentions)[:, 0, :, -n_answer - 1 : -1].float().mean(dim=(0, 1, 2))
-        side = math.isqrt(weights.numel())  # a square grid of patches (or CNN cells)
-        weights = weights[-side * side :]  # drop a ViT's CLS token, keep the patch grid
-        return stretch(weights.reshape(side, side).cpu().numpy())
+        return self.grid_from_weights(self.answer_attention(inputs, answer_ids).mean(0))

@@ -1,0 +1,577 @@
+#!/usr/bin/env python3
+"""Serving benchmark: many simulated users, each a multi-turn conversation about its own image.
+
+Measures the batching engine and, in the same run, today's path before it (`LegacyEngine`: one
+request at a time, a batch-1 `generate` per answer, the heat-map by a second forward pass), and
+prints every figure as a ratio of the two.
+
+    python benchmarks/serve_bench.py --model models/mmchat-shapes --device cpu \
+        --users 1 4 16 32 --turns 3 [--app] [--quantization none|nf4|int8]
+
+`--app` also measures the running app (`python app.py`, its README defaults) through
+gradio_client against the same app serving `LegacyEngine` (`--concurrency 1`, as before).
+`--family blip|mllama --size real` builds BLIP VQA or Llama 3.2 Vision at their real dimensions
+with random weights (no hub) and measures the same way; on a CPU only the mmchat model is
+practical, so run those with `--device cuda`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mmchat.data.shapes import render_scene, sample_question, sample_scene  # noqa: E402
+from mmchat.serving.engine import ChatEngine, GenerationSettings  # noqa: E402
+from mmchat.serving.families import FamilyAdapter, Turn  # noqa: E402
+from mmchat.serving.loading import load_model  # noqa: E402
+from mmchat.serving.overlay import overlay_attention  # noqa: E402
+
+SETTINGS = GenerationSettings(max_new_tokens=16)
+
+
+# --------------------------------------------------------------------------- today's path
+
+
+class LegacyEngine:
+    """The engine as it was before the scheduler: a lock (the app ran `--concurrency 1`), a batch-1
+    `generate` per answer that re-processes the image and the whole history, and the heat-map by a
+    second forward pass over prompt + answer."""
+
+    def __init__(self, adapter: FamilyAdapter):
+        self.adapter = adapter
+        self.lock = threading.Lock()
+
+    def describe(self) -> str:
+        return f"{Path(str(getattr(self.adapter, 'source', '?'))).name} · legacy · one at a time"
+
+    def check(self, image: Any, question: str | None) -> tuple[Image.Image, str]:
+        return ChatEngine.check(self, image, question)  # the same input checks the app makes
+
+    def _inputs(self, image: Image.Image, question: str, history: list[Turn]) -> dict[str, torch.Tensor]:
+        history = list(history) if self.adapter.multi_turn else []
+        limit = self.adapter.max_context_tokens()
+        while True:  # as before: the image processor runs again for every dropped turn
+            inputs = self.adapter.inputs(image, question, history)
+            if limit is None or inputs["input_ids"].shape[1] < limit or not history:
+                return inputs
+            history = history[1:]
+
+    def stream(self, image: Any, question: str, history: list[Turn] | None = None, settings: GenerationSettings | None = None) -> Iterator[str]:
+        from transformers import TextIteratorStreamer
+
+        from mmchat.serving.images import load_image
+
+        settings = settings or SETTINGS
+        with self.lock:
+            image = load_image(image)
+            inputs = self._inputs(image, question, history or [])
+            streamer = TextIteratorStreamer(self.adapter.tokenizer, skip_prompt=True, skip_special_tokens=True)
+            kwargs = dict(**inputs, **self.adapter.generate_kwargs(), **settings.generate_kwargs(), streamer=streamer)
+            thread = threading.Thread(target=lambda: _generate(self.adapter, kwargs), daemon=True)
+            thread.start()
+            text = ""
+            for piece in streamer:
+                text += piece
+                if text.strip():
+                    yield text.strip()
+            thread.join()
+
+    def answer(self, image: Any, question: str, history: list[Turn] | None = None, settings: GenerationSettings | None = None) -> str:
+        text = ""
+        for text in self.stream(image, question, history, settings):  # noqa: B007
+            pass
+        return text
+
+    def attention_overlay(self, image: Any, question: str, answer: str, history: list[Turn] | None = None) -> Image.Image | None:
+        from mmchat.serving.images import load_image
+
+        if not self.adapter.shows_attention or not answer:
+            return None
+        with self.lock:
+            image = load_image(image)
+            inputs = self._inputs(image, question, history or [])
+            answer_ids = self.adapter.tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+            with torch.inference_mode():
+                grid = self.adapter.attention_grid(inputs, answer_ids)
+        return None if grid is None else overlay_attention(image, np.asarray(grid))
+
+
+def _generate(adapter: FamilyAdapter, kwargs: dict[str, Any]) -> None:
+    with torch.inference_mode():
+        adapter.model.generate(**kwargs)
+
+
+# --------------------------------------------------------------------------- workload
+
+
+def conversations(users: int, turns: int, seed: int = 0) -> list[tuple[Image.Image, list[str]]]:
+    """One ShapesVQA scene per user and `turns` questions about it."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(users):
+        objects = sample_scene(rng)
+        image = render_scene(objects, rng)
+        questions = []
+        while len(questions) < turns:
+            q = sample_question(objects, rng)
+            if q:
+                questions.append(q["question"])
+        out.append((image, questions))
+    return out
+
+
+class Peak:
+    """Peak resident memory (and GPU memory) while a phase runs, sampled every 20 ms."""
+
+    def __init__(self, pid: int | None = None):
+        self.pid = pid or os.getpid()
+        self.rss = 0
+        self._stop = threading.Event()
+
+    def _read(self) -> int:
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def __enter__(self) -> Peak:
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self.rss = self._read()
+
+        def sample() -> None:
+            while not self._stop.wait(0.02):
+                self.rss = max(self.rss, self._read())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+
+
+def run_users(
+    ask: Callable[[int, Image.Image, str, list[Turn]], tuple[str, float | None, float]],
+    convs: list[tuple[Image.Image, list[str]]],
+    peak_pid: int | None = None,
+) -> dict[str, Any]:
+    """Every user at once, each on its own thread, its turns one after another.
+
+    `ask(user, image, question, history)` -> (answer, seconds to first text, seconds to the heat-map).
+    """
+    records: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def user(u: int) -> None:
+        image, questions = convs[u]
+        history: list[Turn] = []
+        for k, question in enumerate(questions):
+            start = time.perf_counter()
+            try:
+                answer, ttft, heat = ask(u, image, question, history)
+            except BaseException as e:
+                errors.append(e)
+                return
+            done = time.perf_counter()
+            with lock:
+                records.append({"user": u, "turn": k, "latency": done - start, "ttft": ttft, "heat": heat, "answer": answer})
+            history.append(Turn(question, answer))
+
+    threads = [threading.Thread(target=user, args=(u,)) for u in range(len(convs))]
+    with Peak(peak_pid) as peak:
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return summarize(records, wall, peak)
+
+
+def summarize(records: list[dict[str, Any]], wall: float, peak: Peak) -> dict[str, Any]:
+    lat = sorted(r["latency"] for r in records)
+    first = [r["latency"] for r in records if r["turn"] == 0]
+    follow = [r["latency"] for r in records if r["turn"] > 0]
+    ttft = [r["ttft"] for r in records if r["ttft"] is not None]
+    heat = [r["heat"] for r in records if r["heat"] is not None]
+    tokens = sum(r.get("tokens", 0) for r in records)
+    return {
+        "answers": len(records),
+        "answers_s": len(records) / wall,
+        "tokens_s": tokens / wall if tokens else None,
+        "p50": statistics.median(lat),
+        "p95": lat[min(len(lat) - 1, math.ceil(0.95 * len(lat)) - 1)],
+        "ttft": statistics.median(ttft) if ttft else None,
+        "first": statistics.median(first),
+        "follow": statistics.median(follow) if follow else None,
+        "heat": statistics.median(heat) if heat else None,
+        "rss_mib": peak.rss / 2**20,
+        "gpu_mib": peak.gpu / 2**20 if peak.gpu is not None else None,
+        "records": records,
+    }
+
+
+def engine_ask(engine: Any, tokenizer: Any, overlay: bool = True) -> Callable:
+    """Answer through `engine.stream`, then draw the heat-map the way the app does."""
+
+    def ask(u: int, image: Image.Image, question: str, history: list[Turn]) -> tuple[str, float | None, float | None]:
+        start = time.perf_counter()
+        ttft = None
+        answer = ""
+        for answer in engine.stream(image, question, history, SETTINGS):  # noqa: B007 (the last is the answer)
+            if ttft is None:
+                ttft = time.perf_counter() - start
+        heat = None
+        if overlay:
+            t = time.perf_counter()
+            engine.attention_overlay(image, question, answer, history)
+            heat = time.perf_counter() - t
+        return answer, ttft, heat
+
+    return ask
+
+
+# --------------------------------------------------------------------------- FLOPs and the compute limit
+
+
+def matmul_flops_per_s(device: str = "cpu", n: int = 1024, repeats: int = 20) -> float:
+    """The matmul FLOP/s this device reaches now (fp32 on a CPU, bf16 on a GPU): the compute limit."""
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    n = n if device == "cpu" else 8192
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def engine_flops_per_answer(engine: ChatEngine, convs: list[tuple[Image.Image, list[str]]]) -> float:
+    """FLOPs the engine's model calls do per answer (image read once per conversation, cached prefixes
+    skipped), counted by torch's FlopCounterMode on the scheduler thread."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    total = [0]
+    adapter = engine.adapter
+    step, encode = adapter.step, adapter.encode_images
+
+    def counted(fn: Callable) -> Callable:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with FlopCounterMode(display=False) as counter:
+                out = fn(*args, **kwargs)
+            total[0] += counter.get_total_flops()
+            return out
+
+        return run
+
+    adapter.step, adapter.encode_images = counted(step), counted(encode)
+    try:
+        answers = 0
+        for image, questions in convs:
+            history: list[Turn] = []
+            for q in questions:
+                history.append(Turn(q, engine.answer(image, q, history, SETTINGS)))
+                answers += 1
+    finally:
+        adapter.step, adapter.encode_images = step, encode
+    return total[0] / answers
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def serve(args: list[str], folder: Path) -> tuple[subprocess.Popen, str]:
+    """Run `args PORT` (the last flag takes the port) until it answers over HTTP."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(folder / "gradio")}
+    log = (folder / f"app-{port}.log").open("w")
+    process = subprocess.Popen([*args, str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{args} exited: {(folder / f'app-{port}.log').read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return process, url
+        except OSError:
+            time.sleep(0.3)
+    process.kill()
+    raise RuntimeError(f"{args} did not start")
+
+
+def app_ask(url: str, convs: list[tuple[Image.Image, list[str]]], folder: Path) -> Callable:
+    from gradio_client import Client, handle_file
+
+    files = []
+    for u, (image, _) in enumerate(convs):
+        path = folder / f"user{u}.png"
+        image.save(path)
+        files.append(str(path))
+    clients = [Client(url, verbose=False) for _ in convs]
+    values = [SETTINGS.max_new_tokens, SETTINGS.do_sample, SETTINGS.temperature]
+
+    def ask(u: int, image: Image.Image, question: str, history: list[Turn]) -> tuple[str, float | None, None]:
+        message = {"text": question, "files": [handle_file(files[u])] if not history else []}
+        start = time.perf_counter()
+        job = clients[u].submit(message, *values, api_name="/chat")
+        ttft = None
+        for _ in job:
+            if ttft is None:
+                ttft = time.perf_counter() - start
+        reply = job.result()
+        return (reply[0] if isinstance(reply, list) else str(reply)), ttft, None
+
+    return ask
+
+
+def serve_legacy(model: str, device: str, port: int) -> None:
+    """`--serve-legacy`: the app as it was (LegacyEngine, one at a time), for the app baseline."""
+    from mmchat.serving.ui import build_demo
+
+    demo = build_demo(LegacyEngine(load_model(model, quantization="none", device=device)), examples=[])
+    demo.queue(default_concurrency_limit=1, max_size=256)
+    demo.launch(server_name="127.0.0.1", server_port=port, max_threads=80)
+
+
+# --------------------------------------------------------------------------- other families, real sizes
+
+
+def build_family(family: str, size: str, device: str, folder: Path) -> str:
+    """BLIP VQA or Llama 3.2 Vision with random weights, saved to `folder`: at the real checkpoints'
+    dimensions (`BlipConfig()`: blip-vqa-base; `MllamaConfig()`: Llama-3.2-11B-Vision), or the tests'
+    tiny ones. The tokenizers are the tests' offline ones (small vocabularies; the embedding tables
+    keep their real size)."""
+    sys.path.insert(0, str(ROOT / "tests" / "serving"))
+    from test_families import blip_model, blip_processor, mllama_model, mllama_processor
+    from transformers import BlipConfig, BlipForQuestionAnswering, MllamaConfig, MllamaForConditionalGeneration
+
+    torch.manual_seed(0)
+    processor = blip_processor() if family == "blip" else mllama_processor()
+    if size == "tiny":
+        model = blip_model(processor) if family == "blip" else mllama_model(processor)
+    else:
+        config = BlipConfig() if family == "blip" else MllamaConfig()
+        model_class = BlipForQuestionAnswering if family == "blip" else MllamaForConditionalGeneration
+        # Built in bf16 on the target device: 11B random weights in fp32 on a CPU would take 44 GB.
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            with torch.device(device):
+                model = model_class(config)
+        finally:
+            torch.set_default_dtype(torch.float32)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def table(rows: list[tuple[str, int, dict[str, Any]]]) -> str:
+    def f(x: Any, fmt: str = "{:.3f}") -> str:
+        return "-" if x is None else fmt.format(x)
+
+    lines = [
+        "| path | users | answers/s | tokens/s | p50 s | p95 s | first token s | first turn s | follow-up s | heat-map s | peak RSS MiB | GPU MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, users, r in rows:
+        lines.append(
+            f"| {name} | {users} | {r['answers_s']:.1f} | {f(r['tokens_s'], '{:.1f}')} | {r['p50']:.3f} | {r['p95']:.3f} | "
+            f"{f(r['ttft'])} | {r['first']:.3f} | {f(r['follow'])} | {f(r['heat'])} | {r['rss_mib']:.0f} | {f(r['gpu_mib'], '{:.0f}')} |"
+        )
+    return "\n".join(lines)
+
+
+def count_tokens(result: dict[str, Any], tokenizer: Any) -> None:
+    n = sum(len(tokenizer(r["answer"], add_special_tokens=False)["input_ids"]) + 1 for r in result["records"])
+    result["tokens_s"] = n / (result["answers"] / result["answers_s"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(ROOT / "models" / "mmchat-shapes"))
+    p.add_argument("--family", choices=["mmchat", "blip", "mllama"], default="mmchat")
+    p.add_argument("--size", choices=["tiny", "real"], default="real", help="for --family blip/mllama")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quantization", default="none", choices=["none", "nf4", "int8"])
+    p.add_argument("--users", type=int, nargs="+", default=[1, 4, 16, 32])
+    p.add_argument("--turns", type=int, default=3)
+    p.add_argument("--baseline-users", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--app", action="store_true", help="also measure the running app through gradio_client")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads, for every path (0: torch's default)")
+    p.add_argument("--json", help="write every figure here")
+    p.add_argument("--serve-legacy", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.serve_legacy:
+        serve_legacy(args.model, args.device, args.serve_legacy)
+        return 0
+
+    work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    model = args.model if args.family == "mmchat" else build_family(args.family, args.size, args.device, work / args.family)
+    adapter = load_model(model, quantization=args.quantization, device=args.device)
+    tokenizer = adapter.tokenizer
+    print(
+        f"model {model} ({args.family}, {args.quantization}, {args.device}); {os.cpu_count()} CPUs, "
+        f"{torch.get_num_threads()} torch threads; load {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    rows: list[tuple[str, int, dict[str, Any]]] = []
+    results: dict[str, dict[int, dict[str, Any]]] = {"legacy": {}, "engine": {}}
+
+    legacy = LegacyEngine(adapter)
+    convs_all = conversations(max(args.users + args.baseline_users), args.turns)
+    legacy.answer(convs_all[0][0], convs_all[0][1][0])  # warm-up
+    for n in args.baseline_users:
+        r = run_users(engine_ask(legacy, tokenizer), convs_all[:n])
+        count_tokens(r, tokenizer)
+        results["legacy"][n] = r
+        print(f"  today, {n} users: {r['answers_s']:.2f} answers/s", flush=True)
+        rows.append(("today (batch-1 generate, second-pass heat-map)", n, r))
+
+    engine = ChatEngine(adapter, max_batch=max(args.users))
+    engine.answer(convs_all[0][0], convs_all[0][1][0])  # warm-up
+    for n in args.users:
+        engine.scheduler.release([k for k in engine.scheduler.images.keys()])
+        r = run_users(engine_ask(engine, tokenizer), conversations(n, args.turns, seed=1000 + n))
+        count_tokens(r, tokenizer)
+        results["engine"][n] = r
+        print(f"  engine, {n} users: {r['answers_s']:.2f} answers/s", flush=True)
+        rows.append(("engine", n, r))
+    # Heat-map cost: the same lone conversations with recording off and no picture drawn, alternating.
+    bare = ChatEngine(adapter, record_attention=False)
+    bare.answer(convs_all[0][0], convs_all[0][1][0])
+    heat_costs = []
+    for rep in range(2):
+        lone = conversations(4, args.turns, seed=7 + rep)
+        without, with_ = [], []
+        for conv in lone:
+            without += [r["latency"] for r in run_users(engine_ask(bare, tokenizer, overlay=False), [conv])["records"]]
+            with_ += [r["latency"] for r in run_users(engine_ask(engine, tokenizer), [conv])["records"]]
+        heat_costs.append(sum(with_) / sum(without) - 1)
+    bare.close()
+
+    # Answers the engine gave must be what the legacy path gives for the same conversation (greedy).
+    check = results["engine"][min(args.users)]["records"]
+    convs_check = conversations(min(args.users), args.turns, seed=1000 + min(args.users))
+    mixed = 0
+    for u, (image, questions) in enumerate(convs_check):
+        answers = [r["answer"] for r in sorted((r for r in check if r["user"] == u), key=lambda r: r["turn"])]
+        for k, answer in enumerate(answers):
+            history = [Turn(q, a) for q, a in zip(questions[:k], answers[:k])]
+            mixed += legacy.answer(image, questions[k], history) != answer
+
+    flops = engine_flops_per_answer(engine, conversations(2, args.turns, seed=99)) if adapter.batched else None
+    peak = matmul_flops_per_s(args.device)
+    engine.close()
+
+    app_rows: list[tuple[str, int, dict[str, Any]]] = []
+    if args.app:
+        app_cmd = [sys.executable, "app.py", "--model", model, "--device", args.device, "--quantization", args.quantization, "--threads", str(args.threads)]
+        legacy_cmd = [sys.executable, __file__, "--model", model, "--device", args.device, "--threads", str(args.threads), "--serve-legacy"]
+        for name, cmd in (("app, today", legacy_cmd), ("app", [*app_cmd, "--port"])):
+            process, url = serve(cmd, work)
+            try:
+                for n in (args.baseline_users if name == "app, today" else args.users):
+                    convs = conversations(n, args.turns, seed=2000 + n)
+                    r = run_users(app_ask(url, convs, work), convs, peak_pid=process.pid)
+                    count_tokens(r, tokenizer)
+                    results.setdefault(name, {})[n] = r
+                    app_rows.append((name, n, r))
+                    print(f"  {name}, {n} users: {r['answers_s']:.2f} answers/s", flush=True)
+            finally:
+                process.terminate()
+                process.wait(timeout=20)
+
+    print()
+    print(table(rows + app_rows))
+    print()
+    base = results["legacy"][min(args.baseline_users)]
+    eng = results["engine"]
+
+    def ratio(label: str, value: float, target: str) -> None:
+        print(f"{label}: {value:.2f} (target {target})")
+
+    for n in args.users:
+        ratio(f"engine answers/s, {n} users vs today one at a time", eng[n]["answers_s"] / base["answers_s"], ">= 8x at 16, >= 12x at 32")
+    if 16 in eng:
+        ratio("engine p95 with 16 users / lone user's median (engine)", eng[16]["p95"] / eng[min(args.users)]["p50"], "<= 3x")
+        ratio("engine p95 with 16 users / lone user's median (today)", eng[16]["p95"] / base["p50"], "-")
+    if 16 in results["legacy"]:
+        ratio("today p95 with 16 users / lone user's median", results["legacy"][16]["p95"] / base["p50"], "(before)")
+    lone_e = eng[min(args.users)]
+    if lone_e["follow"]:
+        ratio("engine follow-up turn / first turn (lone user, medians)", lone_e["follow"] / lone_e["first"], "<= 0.6x")
+        ratio("today follow-up turn / first turn", base["follow"] / base["first"], "(before: ~1x)")
+    for i, cost in enumerate(heat_costs):
+        ratio(f"heat-map cost on top of the answer (lone user, 4 conversations, run {i + 1}; recording + drawing)", cost, "<= 0.10")
+    ratio("today heat-map cost on top of the answer", base["heat"] / (base["p50"] - base["heat"]), "(before)")
+    print(f"answers that differ from today's path (greedy, {len(check)} compared): {mixed} (target 0)")
+    best = max(r["answers_s"] for r in eng.values())
+    if flops:
+        print(
+            f"compute: {flops / 1e6:.1f} MFLOP per answer (engine, counted), matmul {peak / 1e9:.1f} GFLOP/s measured; "
+            f"saturated {best:.1f} answers/s = {best * flops / peak:.1%} of the compute limit (target >= 25%)"
+        )
+    if "app" in results and "app, today" in results:
+        app, old = results["app"], results["app, today"]
+        lone = old[min(args.baseline_users)]
+        for n in args.users:
+            ratio(f"app answers/s, {n} users vs today's app one user", app[n]["answers_s"] / lone["answers_s"], ">= 4x at 16")
+        if 16 in app:
+            ratio("app p95 with 16 users / lone user's median (today's app)", app[16]["p95"] / lone["p50"], "<= 6x")
+            ratio("app p95 with 16 users / lone user's median (app)", app[16]["p95"] / app[min(args.users)]["p50"], "-")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (the CPU is shared; figures are same-run ratios)")
+    if args.json:
+        for group in results.values():
+            for r in group.values():
+                r.pop("records", None)
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

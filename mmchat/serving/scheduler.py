@@ -1,0 +1,442 @@
+"""Continuous batching: one thread owns the model and runs every user's request in shared steps.
+
+Requests arrive on a thread-safe queue. Between two decode steps the scheduler drops the rows that
+finished or were stopped and admits the newcomers: their prompts run together in one prefill (each
+starting from the keys/values of its conversation's earlier turns, when cached), then join the
+running batch, whose per-layer keys/values are left-padded to one length. Each row keeps its own
+position ids, attention mask, image keys/values and sampling settings, so a batch answers exactly
+what each request alone would. Tokens go to each request's own queue as they are chosen.
+
+Families that cannot run step by step (`adapter.batched` False) are answered one at a time on the
+same thread with the family's own `generate`; their heat-map pass runs there too, so nothing else
+uses the model meanwhile (Mllama switches its attention implementation model-wide to get weights).
+
+transformers' own continuous batching (`generate_batch`) serves text-only models from a paged cache;
+it has no place for per-row image keys/values, hence this loop.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import queue
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers.generation.streamers import BaseStreamer
+
+from .cache import LRUBytes, PrefixCache
+from .families.base import KV
+
+logger = logging.getLogger(__name__)
+_running: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    """End the scheduler threads before the interpreter goes: one mid-step at exit aborts the process."""
+    for scheduler in list(_running):
+        scheduler.close()
+
+
+
+@dataclass
+class Request:
+    """One answer to generate; the caller reads `out` ("token", id) ... then ("end", reason) or ("error", e)."""
+
+    prompt: list[int]
+    image: Image.Image
+    image_key: str
+    max_new_tokens: int
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # For families answered one at a time: the model inputs, made by the family.
+    inputs: dict[str, torch.Tensor] | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    out: queue.Queue = field(default_factory=queue.Queue)
+    tokens: list[int] = field(default_factory=list)
+    # (N,) cross-attention weights, mean over fused layers and heads, of the position that chose each token
+    attention: list[torch.Tensor] = field(default_factory=list)
+
+    def emit(self, token: int) -> None:
+        self.tokens.append(token)
+        self.out.put(("token", token))
+
+
+@dataclass
+class _Batch:
+    rows: list[Request]
+    past: KV
+    mask: torch.Tensor  # (B, L) 1 where a cached column is a real token
+    pos: torch.Tensor  # (B,) position id of each row's next token
+    images: Any  # the family's batched image state
+    next_tokens: torch.Tensor  # (B,) the token each row feeds next
+
+
+class Scheduler:
+    def __init__(
+        self,
+        adapter: Any,
+        max_batch: int = 64,
+        image_cache_bytes: int = 64 << 20,
+        prefix_cache_bytes: int = 128 << 20,
+        record_attention: bool = True,
+    ):
+        self.adapter = adapter
+        self.max_batch = max_batch
+        self.record_attention = record_attention
+        self.images = LRUBytes(image_cache_bytes)  # image key -> the family's image state for one image
+        self.prefixes = PrefixCache(prefix_cache_bytes)
+        self.eos = set(adapter.eos_token_ids())
+        self.pad = adapter.pad_token_id()
+        self._queue: queue.Queue = queue.Queue()
+        self._batch: _Batch | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="mmchat-scheduler", daemon=True)
+        self.steps = self.prefills = 0
+        _running.add(self)
+        self._thread.start()
+
+    # ---- called from any thread ----
+
+    def submit(self, request: Request) -> Request:
+        self._queue.put(("request", request))
+        return request
+
+    def call(self, fn: Callable[[], Any], timeout_s: float | None = None) -> Any:
+        """Run `fn` on the scheduler thread (between steps) and return its result or raise its error."""
+        done: queue.Queue = queue.Queue(maxsize=1)
+        self._queue.put(("call", (fn, done)))
+        ok, value = done.get(timeout=timeout_s)
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        self.close_soon()
+        self._thread.join(timeout=10)
+
+    def close_soon(self) -> None:
+        self._queue.put(("close", None))
+
+    def waiting(self) -> int:
+        return self._queue.qsize() + (len(self._batch.rows) if self._batch else 0)
+
+    def release(self, image_keys: list[str]) -> None:
+        """Forget what is cached for these images (a conversation cleared or moved to another image)."""
+        self.images.pop_where(lambda key: key not in set(image_keys))
+        self.prefixes.release(image_keys)
+
+    # ---- the scheduler thread ----
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            self._serve()
+
+    def _serve(self) -> None:
+        while True:
+            newcomers: list[Request] = []
+            block = self._batch is None
+            try:
+                while len(newcomers) + (len(self._batch.rows) if self._batch else 0) < self.max_batch:
+                    kind, item = self._queue.get(block=block and not newcomers)
+                    if kind == "close":
+                        for request in newcomers + (self._batch.rows if self._batch else []):
+                            request.out.put(("error", RuntimeError("The engine was closed.")))
+                        return
+                    if kind == "call":
+                        self._run_call(*item)
+                    elif not item.cancel.is_set():
+                        newcomers.append(item)
+                    else:
+                        item.out.put(("end", "stopped"))
+            except queue.Empty:
+                pass
+            try:
+                if not self.adapter.batched:
+                    for request in newcomers:
+                        self._solo(request)
+                    continue
+                self._drop_stopped()
+                if newcomers:
+                    self._admit(newcomers)
+                if self._batch is not None:
+                    self._batch = self._decode(self._batch)
+            except Exception as e:  # a bug here must not kill the thread every user waits on
+                logger.exception("scheduler step failed")
+                for request in newcomers + (self._batch.rows if self._batch else []):
+                    request.out.put(("error", e))
+                self._batch = None
+
+    def _run_call(self, fn: Callable[[], Any], done: queue.Queue) -> None:
+        try:
+            done.put((True, fn()))
+        except Exception as e:
+            done.put((False, e))
+
+    def _drop_stopped(self) -> None:
+        batch = self._batch
+        if batch is None:
+            return
+        keep = [i for i, r in enumerate(batch.rows) if not r.cancel.is_set()]
+        for r in batch.rows:
+            if r.cancel.is_set():
+                r.out.put(("end", "stopped"))
+        if len(keep) < len(batch.rows):
+            self._batch = _select(batch, keep, self.adapter) if keep else None
+
+    def _admit(self, newcomers: list[Request]) -> None:
+        try:
+            joined = self._prefill(newcomers)
+        except Exception as e:
+            if len(newcomers) == 1:
+                logger.exception("prefill failed")
+                newcomers[0].out.put(("error", e))
+                return
+            # One request's input may be what failed: run each alone, so the error reaches only its sender.
+            joined = None
+            for request in newcomers:
+                try:
+                    alone = self._prefill([request])
+                except Exception as e:
+                    logger.exception("prefill failed")
+                    request.out.put(("error", e))
+                    continue
+                if alone is not None:
+                    joined = alone if joined is None else _merge(joined, alone, self.adapter)
+        if joined is not None:
+            self._batch = joined if self._batch is None else _merge(self._batch, joined, self.adapter)
+
+    def _image_states(self, requests: list[Request]) -> list[Any]:
+        """Each request's image state: from the cache, or encoded now (the misses in one batch)."""
+        states = {r.image_key: self.images.get(r.image_key) for r in requests}
+        missing = {r.image_key: r.image for r in requests if states[r.image_key] is None}
+        if missing:
+            encoded = self.adapter.encode_images(list(missing.values()))
+            for key, state in zip(missing, encoded):
+                states[key] = state
+                self.images.put(key, state)
+        return [states[r.image_key] for r in requests]
+
+    def _prefill(self, requests: list[Request]) -> _Batch | None:
+        """Run the newcomers' prompts (after any cached prefix) together; returns the rows still going."""
+        self.prefills += 1
+        images = self.adapter.stack_images(self._image_states(requests))
+        cached = [self.prefixes.longest(r.image_key, r.prompt) for r in requests]
+        P = max(n for n, _ in cached)
+        S = max(len(r.prompt) - n for r, (n, _) in zip(requests, cached))
+        B = len(requests)
+        ids = torch.full((B, S), self.pad, dtype=torch.long)
+        pos = torch.zeros((B, S), dtype=torch.long)
+        mask = torch.zeros((B, P + S), dtype=torch.long)
+        for i, (r, (n, _)) in enumerate(zip(requests, cached)):
+            suffix = r.prompt[n:]
+            ids[i, S - len(suffix) :] = torch.tensor(suffix)
+            pos[i, S - len(suffix) :] = torch.arange(n, n + len(suffix))
+            mask[i, P - n : P] = 1
+            mask[i, S + P - len(suffix) :] = 1
+        past = None
+        if P:
+            # Row i's cached prefix sits right-aligned in the first P columns; zeros (masked) before it.
+            layers = []
+            template = next(kv for n, kv in cached if kv is not None)
+            for layer, (k0, v0) in enumerate(template):
+                k = k0.new_zeros((B, k0.shape[1], P, k0.shape[3]))
+                v = v0.new_zeros((B, v0.shape[1], P, v0.shape[3]))
+                for i, (n, kv) in enumerate(cached):
+                    if n:
+                        k[i, :, P - n :] = kv[layer][0][0]
+                        v[i, :, P - n :] = kv[layer][1][0]
+                layers.append((k, v))
+            past = layers
+        device = self.adapter.device
+        logits, past, weights = self.adapter.step(
+            ids.to(device), mask.to(device), pos.to(device), past, images, self.record_attention
+        )
+        batch = _Batch(
+            rows=list(requests),
+            past=past,
+            mask=mask.to(device),
+            pos=pos[:, -1].to(device) + 1,
+            images=images,
+            next_tokens=torch.zeros(B, dtype=torch.long, device=device),
+        )
+        return self._advance(batch, logits, weights)
+
+    def _decode(self, batch: _Batch) -> _Batch | None:
+        self.steps += 1
+        ids = batch.next_tokens[:, None]
+        mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=1)
+        try:
+            logits, past, weights = self.adapter.step(
+                ids, mask, batch.pos[:, None], batch.past, batch.images, self.record_attention
+            )
+        except Exception:
+            if len(batch.rows) == 1:
+                batch.rows[0].out.put(("error", _last_error()))
+                return None
+            return self._decode_apart(batch)
+        batch.past, batch.mask, batch.pos = past, mask, batch.pos + 1
+        return self._advance(batch, logits, weights)
+
+    def _decode_apart(self, batch: _Batch) -> _Batch | None:
+        """A batched step failed: step each row alone, so only the failing request sees the error."""
+        merged = None
+        for i in range(len(batch.rows)):
+            row = self._decode(_select(batch, [i], self.adapter))
+            if row is not None:
+                merged = row if merged is None else _merge(merged, row, self.adapter)
+        return merged
+
+    def _advance(self, batch: _Batch, logits: torch.Tensor, weights: torch.Tensor | None) -> _Batch | None:
+        """Choose each row's next token, hand it out, and drop the rows that are done."""
+        tokens = choose_tokens(logits, batch.rows)
+        rows_weights = weights.float().cpu().unbind(0) if weights is not None else None
+        keep = []
+        for i, (request, token) in enumerate(zip(batch.rows, tokens.tolist())):
+            if rows_weights is not None:
+                request.attention.append(rows_weights[i])
+            request.emit(token)
+            if token in self.eos or len(request.tokens) >= request.max_new_tokens:
+                self._remember(batch, i, request)
+                request.out.put(("end", "eos" if token in self.eos else "length"))
+            elif request.cancel.is_set():
+                request.out.put(("end", "stopped"))
+            else:
+                keep.append(i)
+        batch.next_tokens = tokens.to(batch.next_tokens.device)
+        if not keep:
+            return None
+        return batch if len(keep) == len(batch.rows) else _select(batch, keep, self.adapter)
+
+    def _remember(self, batch: _Batch, i: int, request: Request) -> None:
+        """Keep the finished row's keys/values: the conversation's next turn starts from them."""
+        ids = request.prompt + request.tokens[:-1]  # the last token chosen was never fed
+        real = batch.mask[i].bool()
+        if int(real.sum()) != len(ids):
+            return
+        layers = [(k[i : i + 1, :, real].clone(), v[i : i + 1, :, real].clone()) for k, v in batch.past]
+        self.prefixes.put(request.image_key, ids, layers)
+
+    def _solo(self, request: Request) -> None:
+        """A family without step-by-step batching: its own `generate`, one request at a time."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class Stop(StoppingCriteria):
+            def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> bool:
+                return request.cancel.is_set()
+
+        try:
+            with torch.inference_mode():
+                self.adapter.model.generate(
+                    **request.inputs,
+                    **self.adapter.generate_kwargs(),
+                    **_generate_kwargs(request),
+                    streamer=_RequestStreamer(request),
+                    stopping_criteria=StoppingCriteriaList([Stop()]),
+                )
+        except Exception as e:
+            request.out.put(("error", e))
+            return
+        request.out.put(("end", "stopped" if request.cancel.is_set() else "done"))
+
+
+class _RequestStreamer(BaseStreamer):
+    """generate's streamer protocol into a request's queue; the first `put` is the prompt."""
+
+    def __init__(self, request: Request):
+        self.request = request
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for token in value.reshape(-1).tolist():
+            self.request.emit(token)
+
+    def end(self) -> None:
+        pass
+
+
+def _generate_kwargs(request: Request) -> dict[str, Any]:
+    if not request.do_sample:
+        return {"max_new_tokens": request.max_new_tokens, "do_sample": False}
+    return {
+        "max_new_tokens": request.max_new_tokens,
+        "do_sample": True,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+    }
+
+
+def _last_error() -> BaseException:
+    import sys
+
+    return sys.exc_info()[1] or RuntimeError("generation failed")
+
+
+def choose_tokens(logits: torch.Tensor, rows: list[Request]) -> torch.Tensor:
+    """(B, V) logits -> (B,) tokens: argmax for greedy rows; temperature, top-p and a draw for the others."""
+    tokens = logits.argmax(dim=-1)
+    sampled = [i for i, r in enumerate(rows) if r.do_sample]
+    if not sampled:
+        return tokens
+    idx = torch.tensor(sampled, device=logits.device)
+    temps = torch.tensor([rows[i].temperature for i in sampled], device=logits.device)
+    top_p = torch.tensor([rows[i].top_p for i in sampled], device=logits.device)
+    scores = logits[idx].float() / temps[:, None]
+    # top-p as transformers' TopPLogitsWarper: drop the least likely tokens whose mass is at most 1 - top_p.
+    ordered, order = scores.sort(dim=-1)
+    drop = ordered.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)[:, None]
+    drop[:, -1] = False  # keep at least the most likely token
+    scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    tokens[idx] = torch.multinomial(scores.softmax(dim=-1), 1)[:, 0]
+    return tokens
+
+
+def _select(batch: _Batch, keep: list[int], adapter: Any) -> _Batch:
+    """The rows `keep`, with the leading columns that none of them uses cut off."""
+    idx = torch.tensor(keep, device=batch.mask.device)
+    mask = batch.mask[idx]
+    used = mask.any(dim=0).nonzero()
+    start = int(used[0]) if len(used) else mask.shape[1]
+    return _Batch(
+        rows=[batch.rows[i] for i in keep],
+        past=[(k[idx, :, start:], v[idx, :, start:]) for k, v in batch.past],
+        mask=mask[:, start:],
+        pos=batch.pos[idx],
+        images=adapter.select_images(batch.images, idx),
+        next_tokens=batch.next_tokens[idx],
+    )
+
+
+def _merge(a: _Batch, b: _Batch, adapter: Any) -> _Batch:
+    """Two batches as one: the shorter one's keys/values and mask left-padded to the longer's length."""
+    L = max(a.mask.shape[1], b.mask.shape[1])
+
+    def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
+        n = L - t.shape[dim]
+        if n == 0:
+            return t
+        shape = list(t.shape)
+        shape[dim] = n
+        return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+    return _Batch(
+        rows=a.rows + b.rows,
+        past=[
+            (torch.cat([pad(ka, 2), pad(kb, 2)]), torch.cat([pad(va, 2), pad(vb, 2)]))
+            for (ka, va), (kb, vb) in zip(a.past, b.past)
+        ],
+        mask=torch.cat([pad(a.mask, 1), pad(b.mask, 1)]),
+        pos=torch.cat([a.pos, b.pos]),
+        images=adapter.stack_images([a.images, b.images]),
+        next_tokens=torch.cat([a.next_tokens, b.next_tokens]),
+    )

@@ -1,0 +1,203 @@
+"""The batching engine: many requests share forward passes and each gets what it would get alone."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmchat.serving.engine import ChatEngine, GenerationSettings
+from mmchat.serving.families import Turn
+from mmchat.serving.overlay import overlay_attention
+
+GREEDY = GenerationSettings(max_new_tokens=12)
+QUESTIONS = [
+    "What color is the square?",
+    "How many objects are there?",
+    "Is there a blue circle?",
+    "What shape is left of the disc?",
+    "Which color is the big object?",
+    "Are there two squares?",
+]
+
+
+def picture(seed: int, side: int = 64) -> Image.Image:
+    """A distinct synthetic picture per seed: a coloured block and disc on a grey ground."""
+    rng = np.random.default_rng(seed)
+    a = np.full((side, side, 3), rng.integers(150, 230), np.uint8)
+    y, x = rng.integers(4, side // 2, size=2)
+    a[y : y + 16, x : x + 16] = rng.integers(0, 255, size=3)
+    yy, xx = np.mgrid[:side, :side]
+    a[(yy - side + 20) ** 2 + (xx - side + 20) ** 2 < 80] = rng.integers(0, 255, size=3)
+    return Image.fromarray(a)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_checkpoint: str) -> ChatEngine:
+    engine = ChatEngine.from_pretrained(tiny_checkpoint, device="cpu")
+    yield engine
+    engine.close()
+
+
+def fresh(tiny_checkpoint: str, **kwargs) -> ChatEngine:
+    return ChatEngine.from_pretrained(tiny_checkpoint, device="cpu", **kwargs)
+
+
+def vit_counter(engine: ChatEngine) -> list[int]:
+    """Counts the images the vision encoder reads."""
+    seen = [0]
+    engine.adapter.model.vision_model.register_forward_hook(lambda m, i, o: seen.__setitem__(0, seen[0] + len(o[0])))
+    return seen
+
+
+def test_batched_greedy_answers_equal_single_answers_token_for_token(tiny_checkpoint):
+    images = [picture(i) for i in range(len(QUESTIONS))]
+    alone = fresh(tiny_checkpoint, image_cache_bytes=0, prefix_cache_bytes=0)
+    single = []
+    for image, question in zip(images, QUESTIONS):
+        reply = alone.submit(image, question, [], GREEDY)
+        single.append((reply.text(), reply.tokens))
+    alone.close()
+
+    engine = fresh(tiny_checkpoint)
+    # Two waves: the second joins while the first is decoding (max tokens differ, so rows leave apart).
+    first = [engine.submit(images[i], QUESTIONS[i], [], GREEDY) for i in range(3)]
+    time.sleep(0.05)
+    second = [engine.submit(images[i], QUESTIONS[i], [], GREEDY) for i in range(3, len(QUESTIONS))]
+    batched = [(reply.text(), reply.tokens) for reply in first + second]
+    assert batched == single
+    assert engine.scheduler.steps < sum(len(tokens) for _, tokens in single)  # rows did share steps
+    engine.close()
+
+
+def test_per_request_settings_hold_inside_one_batch(engine):
+    image = picture(1)
+    short = GenerationSettings(max_new_tokens=2)
+    sampled = GenerationSettings(max_new_tokens=12, do_sample=True, temperature=2.0, top_p=1.0)
+    # top-p this small keeps only the most likely token: sampling that must equal greedy decoding.
+    narrow = GenerationSettings(max_new_tokens=12, do_sample=True, temperature=1.0, top_p=1e-6)
+    expected = engine.submit(image, QUESTIONS[0], [], GREEDY)
+    expected_tokens = (expected.text(), expected.tokens)
+    replies = [engine.submit(image, QUESTIONS[0], [], s) for s in (GREEDY, short, sampled, narrow, sampled)]
+    results = [(r.text(), r.tokens) for r in replies]
+    assert results[0] == expected_tokens
+    assert len(results[1][1]) <= 2 and results[1][1] == expected_tokens[1][:2]
+    assert results[3] == expected_tokens
+    # Hot sampling over a random model's vocabulary: the two drawn answers differ from greedy.
+    assert results[2][1] != expected_tokens[1] or results[4][1] != expected_tokens[1]
+
+
+def test_stop_ends_one_request_and_leaves_the_others(engine):
+    long = GenerationSettings(max_new_tokens=40)
+    images = [picture(10 + i) for i in range(4)]
+    wanted = [reply.text() for reply in [engine.submit(image, QUESTIONS[1], [], long) for image in images]]
+    stop = threading.Event()
+    replies = [engine.submit(image, QUESTIONS[1], [], long, stop_event=stop if i == 2 else None) for i, image in enumerate(images)]
+    stopped = replies[2]
+    seen = []
+    for text in stopped:
+        seen.append(text)
+        stop.set()
+    assert stopped.finish_reason == "stopped" and len(stopped.tokens) < 40
+    assert [r.text() for i, r in enumerate(replies) if i != 2] == [w for i, w in enumerate(wanted) if i != 2]
+
+
+def test_an_error_in_one_request_reaches_only_its_sender(tiny_checkpoint):
+    engine = fresh(tiny_checkpoint)
+    images = [picture(20 + i) for i in range(4)]
+    expected = [engine.answer(image, QUESTIONS[i], [], GREEDY) for i, image in enumerate(images)]
+    prompts = [engine._fit_prompt(QUESTIONS[i], []) for i in range(4)]
+    marker = next(t for t in prompts[3] if all(t not in p for p in prompts[:3]))
+    step = engine.adapter.step
+
+    def failing_step(input_ids, *args, **kwargs):
+        # Only prompts (more than one token) carry the marker: a generated token may equal it.
+        if input_ids.shape[1] > 1 and (input_ids == marker).any():
+            raise RuntimeError("this request broke the model")
+        return step(input_ids, *args, **kwargs)
+
+    engine.adapter.step = failing_step
+    engine.scheduler.prefixes.release([engine._image_key(i) for i in images])
+    replies = [engine.submit(image, QUESTIONS[i], [], GREEDY) for i, image in enumerate(images)]
+    assert [r.text() for r in replies[:3]] == expected[:3]
+    with pytest.raises(RuntimeError, match="broke the model"):
+        replies[3].text()
+    engine.adapter.step = step
+    # The engine is unharmed: the same question now gets its answer.
+    assert engine.answer(images[3], QUESTIONS[3], [], GREEDY) == expected[3]
+    engine.close()
+
+
+def test_follow_up_reuses_the_image_and_the_earlier_turn(tiny_checkpoint):
+    engine = fresh(tiny_checkpoint)
+    vit = vit_counter(engine)
+    image = picture(30)
+    first = engine.answer(image, QUESTIONS[0], [], GREEDY)
+    assert vit[0] == 1
+    history = [Turn(QUESTIONS[0], first)]
+    follow_up = engine.answer(image, QUESTIONS[1], history, GREEDY)
+    assert vit[0] == 1  # not read again
+    assert engine.scheduler.prefixes.entries.hits >= 1  # the first turn's keys/values were reused
+    # The same answer as an engine that caches nothing.
+    cold = fresh(tiny_checkpoint, image_cache_bytes=0, prefix_cache_bytes=0)
+    cold_vit = vit_counter(cold)
+    assert cold.answer(image, QUESTIONS[1], history, GREEDY) == follow_up
+    assert cold.answer(image, QUESTIONS[2], history, GREEDY) == engine.answer(image, QUESTIONS[2], history, GREEDY)
+    assert cold_vit[0] == 2
+    cold.close()
+    # Released: the next turn reads the image again.
+    engine.release(image)
+    engine.answer(image, QUESTIONS[2], history, GREEDY)
+    assert vit[0] == 2
+    engine.close()
+
+
+def test_caches_stay_inside_their_byte_bounds(tiny_checkpoint):
+    probe = fresh(tiny_checkpoint)
+    probe.answer(picture(40), QUESTIONS[0], [], GREEDY)
+    one_image = probe.scheduler.images.bytes
+    probe.close()
+    engine = fresh(tiny_checkpoint, image_cache_bytes=2 * one_image + 1, prefix_cache_bytes=4096)
+    vit = vit_counter(engine)
+    images = [picture(40 + i) for i in range(4)]
+    for image in images:
+        engine.answer(image, QUESTIONS[0], [], GREEDY)
+    cache = engine.scheduler.images
+    assert len(cache) == 2 and cache.bytes <= cache.max_bytes and cache.evictions == 2
+    assert engine.scheduler.prefixes.entries.bytes <= 4096
+    engine.answer(images[0], QUESTIONS[0], [], GREEDY)  # evicted: read again
+    engine.answer(images[3], QUESTIONS[0], [], GREEDY)  # kept: not read again
+    assert vit[0] == 5
+    engine.close()
+
+
+def test_heat_map_comes_from_the_answering_pass_and_matches_a_second_pass(engine):
+    image, question = picture(50), QUESTIONS[4]
+    reply = engine.submit(image, question, [], GREEDY)
+    answer = reply.text()
+    forward = engine.adapter.model.forward
+    calls = [0]
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return forward(*args, **kwargs)
+
+    engine.adapter.model.forward = counted
+    try:
+        recorded = engine.answer_attention(image, question, answer)
+        overlay = engine.attention_overlay(image, question, answer)
+    finally:
+        del engine.adapter.model.forward
+    assert calls[0] == 0  # no second forward pass for the picture
+    # Today's way: one more forward pass over the prompt and the answer's tokens.
+    inputs = engine._fit_history(image, question, [])
+    answer_ids = torch.tensor(reply.answer_tokens)
+    second_pass = engine.adapter.answer_attention(inputs, answer_ids)
+    assert recorded.shape == second_pass.shape == (len(answer_ids), engine.scheduler.images.get(reply.request.image_key).image_states.shape[1])
+    torch.testing.assert_close(recorded, second_pass, atol=1e-5, rtol=1e-4)
+    old = overlay_attention(image, engine.adapter.attention_grid(inputs, answer_ids))
+    assert np.abs(np.asarray(overlay, np.float32) - np.asarray(old, np.float32)).max() <= 1
