@@ -154,6 +154,7 @@ def test_a_saved_conversation_survives_a_reload_and_a_restart(
                 expect(bot.get_by_text("please upload it again")).to_be_visible(timeout=TIMEOUT_MS)
 
                 page.get_by_role("button", name="Clear").click()  # deletes the saved chat too
+                expect(saved).to_have_count(0, timeout=TIMEOUT_MS)  # gone from the list (and storage)
                 page.reload()
                 expect(page.get_by_placeholder("Attach an image and ask a question about it…")).to_be_visible(timeout=TIMEOUT_MS)
                 expect(saved).to_have_count(0, timeout=TIMEOUT_MS)
