@@ -126,17 +126,17 @@ def test_a_saved_conversation_survives_a_reload_and_a_restart(
             with serve_app(["--model", tiny_checkpoint], tmp_path, port) as url:
                 page.goto(url)
                 page.locator("input[type=file]").set_input_files(str(image))
-                expect(page.locator("button[data-testid=submit-button]")).to_be_enabled()
+                expect(page.locator("button[data-testid=submit-button]")).to_be_enabled(timeout=TIMEOUT_MS)
                 textbox = page.get_by_placeholder("Attach an image and ask a question about it…")
                 textbox.fill(question)
                 textbox.press("Enter")
-                expect(bot.locator("img")).to_be_visible()  # the overlay: the answer has ended
-                expect(saved).to_be_visible()  # saved once the turn has ended
+                expect(bot.locator("img")).to_be_visible(timeout=TIMEOUT_MS)  # the overlay: the answer has ended
+                expect(saved).to_be_visible(timeout=TIMEOUT_MS)  # saved once the turn has ended
 
                 page.reload()
-                expect(saved).to_be_visible()
+                expect(saved).to_be_visible(timeout=TIMEOUT_MS)
                 saved.click()
-                expect(bot.locator("img")).to_be_visible()  # the saved overlay is drawn with it
+                expect(bot.locator("img")).to_be_visible(timeout=TIMEOUT_MS)  # the saved overlay is drawn with it
                 assert visible_text(bot.locator(".message-content").first.inner_text()) == expected
 
             # Uploads live a day; a restart on the same machine keeps them, and a follow-up is then
@@ -145,17 +145,18 @@ def test_a_saved_conversation_survives_a_reload_and_a_restart(
             with serve_app(["--model", tiny_checkpoint], tmp_path, port) as url:
                 page.goto(url)
                 saved.click()
-                expect(bot.get_by_text("Where the model looked")).to_be_visible()
+                expect(bot.get_by_text("Where the model looked")).to_be_visible(timeout=TIMEOUT_MS)
                 assert visible_text(bot.locator(".message-content").first.inner_text()) == expected
                 textbox = page.get_by_placeholder("Attach an image and ask a question about it…")
                 textbox.fill("How many objects are there?")
                 textbox.press("Enter")
-                expect(bot.get_by_text("no longer on the server")).to_be_visible()
-                expect(bot.get_by_text("please upload it again")).to_be_visible()
+                expect(bot.get_by_text("no longer on the server")).to_be_visible(timeout=TIMEOUT_MS)
+                expect(bot.get_by_text("please upload it again")).to_be_visible(timeout=TIMEOUT_MS)
 
                 page.get_by_role("button", name="Clear").click()  # deletes the saved chat too
+                expect(saved).to_have_count(0, timeout=TIMEOUT_MS)  # gone from the list (and storage)
                 page.reload()
-                expect(page.get_by_placeholder("Attach an image and ask a question about it…")).to_be_visible()
-                expect(saved).to_have_count(0)
+                expect(page.get_by_placeholder("Attach an image and ask a question about it…")).to_be_visible(timeout=TIMEOUT_MS)
+                expect(saved).to_have_count(0, timeout=TIMEOUT_MS)
         finally:
             browser.close()
