@@ -54,6 +54,16 @@ def engine(tiny_checkpoint: str) -> ChatEngine:
     return ChatEngine.from_pretrained(tiny_checkpoint, quantization="none", device="cpu")
 
 
+def stop_process(process: subprocess.Popen) -> None:
+    """Terminate a server process, killing it if it does not end within 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextmanager
 def serve_app(args: list[str], folder: Path, port: int | None = None, app_dir: Path = ROOT) -> Iterator[str]:
     """`python app.py ARGS` on `port` (a free one by default), its uploads and log in `folder`; yields its URL.
@@ -82,12 +92,7 @@ def serve_app(args: list[str], folder: Path, port: int | None = None, app_dir: P
         wait_until_serving(url, process, log, START_TIMEOUT_S)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @pytest.fixture(scope="session")

@@ -71,16 +71,17 @@ LLAMA_TEMPLATE = (
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]"]
 
 
-def mllama_processor() -> MllamaProcessor:
-    """A byte-level BPE tokenizer like Llama 3's, trained on a few sentences, and 28 px tiles."""
+def mllama_processor(vocab_size: int = 300, whole_text_tokens: bool = False) -> MllamaProcessor:
+    """A byte-level BPE tokenizer like Llama 3's, trained on a few sentences, and 28 px tiles.
+
+    `whole_text_tokens`: no byte alphabet, so every token is whole ASCII text (no lone UTF-8 bytes) and
+    a random model's answers are words that stream in several pieces rather than undecodable bytes."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
+    alphabet = [] if whole_text_tokens else pre_tokenizers.ByteLevel.alphabet()
     trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=LLAMA_SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        vocab_size=vocab_size, special_tokens=LLAMA_SPECIALS, initial_alphabet=alphabet, show_progress=False
     )
     tokenizer.train_from_iterator(CORPUS, trainer)
     bos = "<|begin_of_text|>"

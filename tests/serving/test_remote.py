@@ -21,11 +21,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures_app import free_port, serve_app
+from fixtures_app import free_port, serve_app, stop_process
 from PIL import Image
-from serving.test_families import CORPUS, LLAMA_SPECIALS, LLAMA_TEMPLATE, mllama_model
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import MllamaImageProcessor, MllamaProcessor, PreTrainedTokenizerFast
+from serving.test_families import mllama_model, mllama_processor
 
 from mmchat.serving.engine import ChatEngine, GenerationSettings, LoadError, ServingError, Turn
 from mmchat.serving.families.openai_remote import OpenAIRemoteAdapter, parse_source
@@ -36,28 +34,9 @@ START_TIMEOUT_S = 120  # importing torch and FastAPI and loading the tiny model:
 SETTINGS = GenerationSettings(max_new_tokens=12)
 
 
-def ascii_mllama_processor() -> MllamaProcessor:
-    """Like test_families' processor, but every token is whole ASCII text (no lone UTF-8 bytes), so a
-    random model's answers are words that stream in several pieces rather than undecodable bytes."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=LLAMA_SPECIALS, show_progress=False)
-    tokenizer.train_from_iterator(CORPUS, trainer)
-    bos = "<|begin_of_text|>"
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A", special_tokens=[(bos, tokenizer.token_to_id(bos))]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token=bos, eos_token="<|eot_id|>", pad_token="<|finetune_right_pad_id|>"
-    )
-    image_processor = MllamaImageProcessor(size={"height": 28, "width": 28}, max_image_tiles=4)
-    return MllamaProcessor(image_processor, fast, chat_template=LLAMA_TEMPLATE)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
-    processor = ascii_mllama_processor()
+    processor = mllama_processor(vocab_size=200, whole_text_tokens=True)
     model = mllama_model(processor)
     # Never end early: the eos rows of the LM head are zeroed, so the 12 tokens asked for all come.
     with torch.no_grad():
@@ -98,12 +77,7 @@ def server(checkpoint: str, tmp_path_factory) -> Iterator[str]:
         wait_for_health(url, process, log)
         yield url + "/v1"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @pytest.fixture(scope="module")
