@@ -179,10 +179,7 @@ class ChatEngine:
             prompt=prompt,
             image=image,
             image_key=key,
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=settings.do_sample,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
+            settings=settings,
             inputs=inputs,
             cancel=stop_event or threading.Event(),
         )

@@ -32,6 +32,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from .cache import LRUBytes, PrefixCache
 from .families.base import KV
+from .settings import GenerationSettings
 
 logger = logging.getLogger(__name__)
 _running: weakref.WeakSet[Scheduler] = weakref.WeakSet()
@@ -52,10 +53,7 @@ class Request:
     prompt: list[int]
     image: Image.Image
     image_key: str
-    max_new_tokens: int
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
+    settings: GenerationSettings  # per request inside a shared batch: greedy or sampling, temperature, top-p, max tokens
     # For families answered one at a time: the model inputs, made by the family.
     inputs: dict[str, torch.Tensor] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -303,7 +301,7 @@ class Scheduler:
             if rows_weights is not None:
                 request.attention.append(rows_weights[i])
             request.emit(token)
-            if token in self.eos or len(request.tokens) >= request.max_new_tokens:
+            if token in self.eos or len(request.tokens) >= request.settings.max_new_tokens:
                 self._remember(batch, i, request)
                 request.out.put(("end", "eos" if token in self.eos else "length"))
             elif request.cancel.is_set():
@@ -337,7 +335,7 @@ class Scheduler:
                 self.adapter.model.generate(
                     **request.inputs,
                     **self.adapter.generate_kwargs(),
-                    **_generate_kwargs(request),
+                    **request.settings.generate_kwargs(),
                     streamer=_RequestStreamer(request),
                     stopping_criteria=StoppingCriteriaList([Stop()]),
                 )
@@ -365,17 +363,6 @@ class _RequestStreamer(BaseStreamer):
         pass
 
 
-def _generate_kwargs(request: Request) -> dict[str, Any]:
-    if not request.do_sample:
-        return {"max_new_tokens": request.max_new_tokens, "do_sample": False}
-    return {
-        "max_new_tokens": request.max_new_tokens,
-        "do_sample": True,
-        "temperature": request.temperature,
-        "top_p": request.top_p,
-    }
-
-
 def _last_error() -> BaseException:
     import sys
 
@@ -385,12 +372,12 @@ def _last_error() -> BaseException:
 def choose_tokens(logits: torch.Tensor, rows: list[Request]) -> torch.Tensor:
     """(B, V) logits -> (B,) tokens: argmax for greedy rows; temperature, top-p and a draw for the others."""
     tokens = logits.argmax(dim=-1)
-    sampled = [i for i, r in enumerate(rows) if r.do_sample]
+    sampled = [i for i, r in enumerate(rows) if r.settings.do_sample]
     if not sampled:
         return tokens
     idx = torch.tensor(sampled, device=logits.device)
-    temps = torch.tensor([rows[i].temperature for i in sampled], device=logits.device)
-    top_p = torch.tensor([rows[i].top_p for i in sampled], device=logits.device)
+    temps = torch.tensor([rows[i].settings.temperature for i in sampled], device=logits.device)
+    top_p = torch.tensor([rows[i].settings.top_p for i in sampled], device=logits.device)
     scores = logits[idx].float() / temps[:, None]
     # top-p as transformers' TopPLogitsWarper: drop the least likely tokens whose mass is at most 1 - top_p.
     ordered, order = scores.sort(dim=-1)
