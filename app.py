@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from mmchat.serving.engine import ChatEngine, LoadError
-    from mmchat.serving.ui import MAX_FILE_SIZE, build_demo
+    from mmchat.serving.ui import MAX_FILE_SIZE, build_demo, zero_gpu
 
     if args.threads > 0:
         # Measured on the shared 2-core machine: a batch-16 decode step took 14 ms on 1 thread and
@@ -87,7 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     try:
-        engine = ChatEngine.from_pretrained(args.model, quantization=args.quantization, device=args.device)
+        # On ZeroGPU each answer has the GPU only inside its own `spaces.GPU` call: no scheduler thread.
+        engine = ChatEngine.from_pretrained(
+            args.model, quantization=args.quantization, device=args.device, threaded=not zero_gpu()
+        )
     except LoadError as e:
         print(f"mmchat: cannot start: {e}", file=sys.stderr)
         return 2

@@ -48,7 +48,9 @@ class ChatEngine:
     """Answers questions about images for many users at once with a loaded family adapter.
 
     Every request goes to one scheduler thread that owns the model (`scheduler.Scheduler`): the
-    batched families share forward passes, the others are answered one at a time there.
+    batched families share forward passes, the others are answered one at a time there. With
+    `threaded=False` there is no such thread: the callers' threads run the scheduler's rounds in
+    turn while they wait (ZeroGPU hardware lends the GPU only to the caller's `spaces.GPU` call).
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class ChatEngine:
         image_cache_bytes: int = 64 << 20,
         prefix_cache_bytes: int = 128 << 20,
         record_attention: bool = True,
+        threaded: bool = True,
     ):
         self.adapter = adapter
         self.timeout_s = timeout_s
@@ -73,6 +76,7 @@ class ChatEngine:
                 image_cache_bytes=image_cache_bytes,
                 prefix_cache_bytes=prefix_cache_bytes,
                 record_attention=record_attention and adapter.shows_attention,
+                threaded=threaded,
             )
             # An engine dropped without close() still ends its thread (the thread holds the model).
             weakref.finalize(self, self.scheduler.close_soon)
@@ -351,7 +355,7 @@ class Reply:
         tokenizer = self.engine.adapter.tokenizer
         while self.finish_reason is None:
             try:
-                kind, value = self.request.out.get(timeout=self.engine.timeout_s)
+                kind, value = self.engine.scheduler.receive(self.request, self.engine.timeout_s)
             except queue.Empty:
                 self.stop()
                 raise TimeoutError(f"No answer within {self.engine.timeout_s:.0f} s; please try again.") from None

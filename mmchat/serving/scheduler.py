@@ -21,6 +21,7 @@ import atexit
 import logging
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,8 +86,10 @@ class Scheduler:
         image_cache_bytes: int = 64 << 20,
         prefix_cache_bytes: int = 128 << 20,
         record_attention: bool = True,
+        threaded: bool = True,
     ):
         self.adapter = adapter
+        self.threaded = threaded
         self.max_batch = max_batch
         self.record_attention = record_attention
         self.images = LRUBytes(image_cache_bytes)  # image key -> the family's image state for one image
@@ -95,11 +98,13 @@ class Scheduler:
         self.pad = adapter.pad_token_id()
         self._queue: queue.Queue = queue.Queue()
         self._batch: _Batch | None = None
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, name="mmchat-scheduler", daemon=True)
+        self._lock = threading.Lock()  # inline: one caller runs a round at a time
         self.steps = self.prefills = 0
-        _running.add(self)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(target=self._loop, name="mmchat-scheduler", daemon=True)
+            _running.add(self)
+            self._thread.start()
 
     # ---- called from any thread ----
 
@@ -109,6 +114,9 @@ class Scheduler:
 
     def call(self, fn: Callable[[], Any], timeout_s: float | None = None) -> Any:
         """Run `fn` on the scheduler thread (between steps) and return its result or raise its error."""
+        if not self.threaded:
+            with self._lock, torch.inference_mode():
+                return fn()
         done: queue.Queue = queue.Queue(maxsize=1)
         self._queue.put(("call", (fn, done)))
         ok, value = done.get(timeout=timeout_s)
@@ -118,7 +126,10 @@ class Scheduler:
 
     def close(self) -> None:
         self.close_soon()
-        self._thread.join(timeout=10)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        else:
+            self.pump()  # inline: the close is taken now, queued requests get their error
 
     def close_soon(self) -> None:
         self._queue.put(("close", None))
@@ -135,42 +146,67 @@ class Scheduler:
 
     def _loop(self) -> None:
         with torch.inference_mode():
-            self._serve()
-
-    def _serve(self) -> None:
-        while True:
-            newcomers: list[Request] = []
-            block = self._batch is None
-            try:
-                while len(newcomers) + (len(self._batch.rows) if self._batch else 0) < self.max_batch:
-                    kind, item = self._queue.get(block=block and not newcomers)
-                    if kind == "close":
-                        for request in newcomers + (self._batch.rows if self._batch else []):
-                            request.out.put(("error", RuntimeError("The engine was closed.")))
-                        return
-                    if kind == "call":
-                        self._run_call(*item)
-                    elif not item.cancel.is_set():
-                        newcomers.append(item)
-                    else:
-                        item.out.put(("end", "stopped"))
-            except queue.Empty:
+            while self._tick(block=True):
                 pass
+
+    def _tick(self, block: bool) -> bool:
+        """One round: take what is queued (waiting for it when idle and `block`), admit the newcomers,
+        run one decode step. False once the scheduler is closed."""
+        newcomers: list[Request] = []
+        block = block and self._batch is None
+        try:
+            while len(newcomers) + (len(self._batch.rows) if self._batch else 0) < self.max_batch:
+                kind, item = self._queue.get(block=block and not newcomers)
+                if kind == "close":
+                    for request in newcomers + (self._batch.rows if self._batch else []):
+                        request.out.put(("error", RuntimeError("The engine was closed.")))
+                    self._batch = None
+                    return False
+                if kind == "call":
+                    self._run_call(*item)
+                elif not item.cancel.is_set():
+                    newcomers.append(item)
+                else:
+                    item.out.put(("end", "stopped"))
+        except queue.Empty:
+            pass
+        try:
+            if not self.adapter.batched:
+                for request in newcomers:
+                    self._solo(request)
+                return True
+            self._drop_stopped()
+            if newcomers:
+                self._admit(newcomers)
+            if self._batch is not None:
+                self._batch = self._decode(self._batch)
+        except Exception as e:  # a bug here must not kill the thread every user waits on
+            logger.exception("scheduler step failed")
+            for request in newcomers + (self._batch.rows if self._batch else []):
+                request.out.put(("error", e))
+            self._batch = None
+        return True
+
+    # ---- inline: no thread, the callers' threads take turns running the rounds ----
+
+    def pump(self) -> None:
+        """One round on the calling thread (inline mode: inside `spaces.GPU` on ZeroGPU hardware,
+        where only the decorated call may use the GPU; a thread of our own would not get it)."""
+        with self._lock, torch.inference_mode():
+            self._tick(block=False)
+
+    def receive(self, request: Request, timeout_s: float) -> tuple[str, Any]:
+        """The request's next event ("token", "end" or "error"); inline, running rounds until it comes."""
+        if self.threaded:
+            return request.out.get(timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while True:
             try:
-                if not self.adapter.batched:
-                    for request in newcomers:
-                        self._solo(request)
-                    continue
-                self._drop_stopped()
-                if newcomers:
-                    self._admit(newcomers)
-                if self._batch is not None:
-                    self._batch = self._decode(self._batch)
-            except Exception as e:  # a bug here must not kill the thread every user waits on
-                logger.exception("scheduler step failed")
-                for request in newcomers + (self._batch.rows if self._batch else []):
-                    request.out.put(("error", e))
-                self._batch = None
+                return request.out.get_nowait()
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise
+                self.pump()
 
     def _run_call(self, fn: Callable[[], Any], done: queue.Queue) -> None:
         try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -64,6 +65,12 @@ GENERAL_MODELS = (
 # Uploads and overlays are deleted a day after they were made (checked hourly): long enough for
 # any conversation that still refers to them, short enough that a public Space does not fill up.
 DELETE_CACHE = (3600, 86400)
+
+
+def zero_gpu() -> bool:
+    """Whether this is a Space on ZeroGPU hardware (which sets SPACES_ZERO_GPU): there a GPU is lent
+    only to `spaces.GPU` calls, so the engine must run its steps inline, on the caller's thread."""
+    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
 
 
 def on_gpu(fn: Callable) -> Callable:

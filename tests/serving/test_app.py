@@ -235,6 +235,51 @@ def test_answers_run_inside_spaces_gpu_where_spaces_is_installed(image_file: str
     assert entered == ["respond"]
 
 
+def test_on_zerogpu_every_model_step_runs_inside_spaces_gpu(
+    tiny_checkpoint: str, image_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ZeroGPU lends the GPU only inside a `spaces.GPU` call: app.py then builds the engine inline
+    (no scheduler thread), so generation and the heat-map run within the call, not beside it."""
+    import functools
+    import threading
+    import types
+
+    from mmchat.serving.ui import zero_gpu
+
+    inside = threading.local()
+
+    def gpu(fn):
+        @functools.wraps(fn)
+        def wrapped(*args, **kwargs):
+            inside.gpu = True
+            try:
+                yield from fn(*args, **kwargs)
+            finally:
+                inside.gpu = False
+
+        return wrapped
+
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert zero_gpu()
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    engine = ChatEngine.from_pretrained(tiny_checkpoint, device="cpu", threaded=not zero_gpu())
+    steps: list[bool] = []
+    step = engine.adapter.step
+
+    def recording_step(*args, **kwargs):
+        steps.append(getattr(inside, "gpu", False))
+        return step(*args, **kwargs)
+
+    engine.adapter.step = recording_step
+    reply = list(build_demo(engine, examples=[]).fn({"text": "What color is the circle?", "files": [image_file]},
+                                                   [], *GREEDY.values()))[-1]
+    assert steps and all(steps)  # every step of the answer and its heat-map ran inside the call
+    assert reply[0] == engine.answer(image_file, "What color is the circle?", settings=GenerationSettings(**GREEDY))
+    engine.close()
+    monkeypatch.delenv("SPACES_ZERO_GPU")
+    assert not zero_gpu()
+
+
 def test_stop_keeps_the_partial_answer_marked_and_out_of_the_history(image_file: str) -> None:
     from mmchat.serving.ui import STOPPED, mark_stopped
 

@@ -201,3 +201,33 @@ def test_heat_map_comes_from_the_answering_pass_and_matches_a_second_pass(engine
     torch.testing.assert_close(recorded, second_pass, atol=1e-5, rtol=1e-4)
     old = overlay_attention(image, engine.adapter.attention_grid(inputs, answer_ids))
     assert np.abs(np.asarray(overlay, np.float32) - np.asarray(old, np.float32)).max() <= 1
+
+
+def test_inline_engine_runs_every_step_on_its_callers_threads(tiny_checkpoint, engine):
+    """`threaded=False` (ZeroGPU: only the caller's `spaces.GPU` call has the GPU): no scheduler
+    thread, each step on a caller's thread, and concurrent callers still get what each would alone."""
+    inline = fresh(tiny_checkpoint, threaded=False)
+    stepped_on: set[str] = set()
+    step = inline.adapter.step
+
+    def recording_step(*args, **kwargs):
+        stepped_on.add(threading.current_thread().name)
+        return step(*args, **kwargs)
+
+    inline.adapter.step = recording_step
+    images = [picture(100 + i) for i in range(6)]
+    expected = [engine.answer(image, q, settings=GREEDY) for image, q in zip(images, QUESTIONS)]
+    got: dict[int, str] = {}
+
+    def ask(i: int) -> None:
+        got[i] = inline.answer(images[i], QUESTIONS[i], settings=GREEDY)
+
+    callers = [threading.Thread(target=ask, args=(i,), name=f"caller-{i}") for i in range(6)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join(timeout=60)
+    assert [got.get(i) for i in range(6)] == expected
+    assert stepped_on and stepped_on <= {f"caller-{i}" for i in range(6)}
+    assert inline.scheduler._thread is None
+    inline.close()
