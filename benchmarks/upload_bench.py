@@ -7,6 +7,9 @@ compresses like a photo), saves it as a JPEG (quality 90) and a PNG, then measur
 subprocess per run, so that each peak is its own:
 
 - new: `mmchat.serving.images.load_image(path)` (draft/reduce while decoding, checks, RGB);
+- answer: what the app does with the upload, on `--model`: load and checks, the world gate's verdict,
+  `ChatEngine.answer` and its heat-map, one torch thread as `python app.py` runs (the gate's verdict
+  is set aside, so that the model answers the photo as it would a scene this big);
 - old: what the app did before: `Image.open(path)`, a full `load()`, EXIF transpose, `to_rgb`.
 
 Each subprocess first loads a 96x64 file of the same format, as a serving app has at its first
@@ -48,8 +51,26 @@ def old(path):
     image.load()
     return to_rgb(ImageOps.exif_transpose(image))
 
-Image.MAX_IMAGE_PIXELS = None  # the old path's own pixel check is not what is measured
-fn = {{"new": load_image, "old": old}}[sys.argv[1]]
+def answered(path):
+    # What the app does with an upload: load and check it, ask the world gate, answer, draw the
+    # heat-map. The gate would decline this photo before the model ran, so its verdict is computed
+    # (its cost counted) and then set aside: the model answers as it would for a scene this big.
+    image, question = engine.check(path, QUESTION)
+    gate.ask(image, question)
+    answer = engine.answer(image, question)
+    engine.attention_overlay(image, question, answer)
+    return image
+
+if sys.argv[1] == "answer":
+    import torch
+    from mmchat.serving.engine import ChatEngine
+    torch.set_num_threads(1)  # as `python app.py` runs
+    engine = ChatEngine.from_pretrained(sys.argv[4], device="cpu")
+    gate, engine.adapter.world_gate = engine.adapter.world_gate, None
+    QUESTION = "How many objects are there?"
+else:
+    Image.MAX_IMAGE_PIXELS = None  # the old path's own pixel check is not what is measured
+fn = {{"new": load_image, "old": old, "answer": answered}}[sys.argv[1]]
 # Warm up as a serving app is after its first upload: plugins loaded, libraries mapped.
 fn(sys.argv[3])
 # The peak so far (imports) is not this upload's: reset the high-water mark to the current RSS.
@@ -84,11 +105,12 @@ def photo_like(megapixels: float, seed: int = 0) -> Image.Image:
     return Image.blend(image, noise, 0.05)
 
 
-def measure(path_kind: str, path: Path, repeats: int) -> dict[str, float]:
+def measure(path_kind: str, path: Path, repeats: int, model: str = "") -> dict[str, float]:
     runs = []
     for _ in range(repeats):
         out = subprocess.run(
-            [sys.executable, "-c", CHILD.format(root=str(ROOT)), path_kind, str(path), str(path.with_suffix(".small" + path.suffix))],
+            [sys.executable, "-c", CHILD.format(root=str(ROOT)), path_kind, str(path),
+             str(path.with_suffix(".small" + path.suffix)), model],
             capture_output=True, text=True, check=True,
         ).stdout
         runs.append(json.loads(out.strip().splitlines()[-1]))
@@ -103,13 +125,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megapixels", type=float, default=39.0)
     parser.add_argument("--repeats", type=int, default=3, help="runs per measurement; the median is shown")
+    parser.add_argument("--formats", nargs="+", default=["JPEG", "PNG"], choices=["JPEG", "PNG", "HEIC", "AVIF"])
+    parser.add_argument("--model", default=str(ROOT / "models" / "mmchat-shapes"),
+                        help="the model whose whole answer (load, gate, answer, heat-map) is also timed")
     args = parser.parse_args()
     picture = photo_like(args.megapixels)
     print(f"picture: {picture.width}x{picture.height} = {picture.width * picture.height / 1e6:.1f} MP")
     with tempfile.TemporaryDirectory() as tmp:
-        files = {"JPEG": Path(tmp) / "big.jpg", "PNG": Path(tmp) / "big.png"}
-        picture.save(files["JPEG"], quality=90)
-        picture.save(files["PNG"], compress_level=6)
+        if "HEIC" in args.formats:
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+        suffix = {"JPEG": ".jpg", "PNG": ".png", "HEIC": ".heic", "AVIF": ".avif"}
+        files = {fmt: Path(tmp) / f"big{suffix[fmt]}" for fmt in args.formats}
+        for fmt, path in files.items():
+            picture.save(path, **({"compress_level": 6} if fmt == "PNG" else {"quality": 90}))
         small = picture.resize((96, 64))
         for path in files.values():  # the warm-up file of each format
             small.save(path.with_suffix(".small" + path.suffix))
@@ -117,12 +147,14 @@ def main() -> None:
         for fmt, path in files.items():
             old = measure("old", path, args.repeats)
             new = measure("new", path, args.repeats)
+            whole = measure("answer", path, args.repeats, args.model)
             print(
                 f"{fmt} ({path.stat().st_size / 1e6:.1f} MB file): "
                 f"old {old['seconds']:.2f} s, +{old['extra_mb']:.0f} MB -> {tuple(old['size'])}; "
                 f"new {new['seconds']:.2f} s, +{new['extra_mb']:.0f} MB -> {tuple(new['size'])}; "
                 f"time old/new {old['seconds'] / new['seconds']:.1f}x, "
-                f"memory old/new {old['extra_mb'] / max(new['extra_mb'], 1):.1f}x"
+                f"memory old/new {old['extra_mb'] / max(new['extra_mb'], 1):.1f}x; "
+                f"answered (load, gate, answer, heat-map) {whole['seconds']:.2f} s, +{whole['extra_mb']:.0f} MB"
             )
 
 
