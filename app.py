@@ -76,15 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.suppress(ImportError):
         import spaces  # noqa: F401
     # Imported here so that `--help` and bad flags answer at once, without loading torch.
-    import torch
-
     from mmchat.serving.engine import ChatEngine, LoadError
+    from mmchat.serving.process import configure_process
     from mmchat.serving.ui import MAX_FILE_SIZE, build_demo, zero_gpu
 
-    if args.threads > 0:
-        # Measured on the shared 2-core machine: a batch-16 decode step took 14 ms on 1 thread and
-        # 180-390 ms on 2, the threads of each op waiting on one another (README "Many users at once").
-        torch.set_num_threads(args.threads)
+    configure_process(args.threads)  # torch threads; a short GIL switch interval (mmchat.serving.process)
 
     try:
         # On ZeroGPU each answer has the GPU only inside its own `spaces.GPU` call: no scheduler thread.

@@ -44,6 +44,7 @@ from mmchat.serving.engine import ChatEngine, GenerationSettings  # noqa: E402
 from mmchat.serving.families import FamilyAdapter, Turn  # noqa: E402
 from mmchat.serving.loading import load_model  # noqa: E402
 from mmchat.serving.overlay import overlay_attention  # noqa: E402
+from mmchat.serving.process import configure_process  # noqa: E402
 
 SETTINGS = GenerationSettings(max_new_tokens=16)
 
@@ -440,12 +441,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-users", type=int, nargs="+", default=[1, 16])
     p.add_argument("--app", action="store_true", help="also measure the running app through gradio_client")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads, for every path (0: torch's default)")
+    p.add_argument("--switch-interval", type=float, default=0.0005,
+                   help="sys.setswitchinterval for every path, as `python app.py` sets it (0: Python's 5 ms)")
     p.add_argument("--json", help="write every figure here")
     p.add_argument("--serve-legacy", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    configure_process(args.threads, args.switch_interval)  # the app's own process settings, for every path
     if args.serve_legacy:
         serve_legacy(args.model, args.device, args.serve_legacy)
         return 0
@@ -456,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = adapter.tokenizer
     print(
         f"model {model} ({args.family}, {args.quantization}, {args.device}); {os.cpu_count()} CPUs, "
-        f"{torch.get_num_threads()} torch threads; load {os.getloadavg()[0]:.1f}",
+        f"{torch.get_num_threads()} torch threads, GIL switch interval {sys.getswitchinterval() * 1000:g} ms; load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
     rows: list[tuple[str, int, dict[str, Any]]] = []

@@ -82,7 +82,8 @@ class ChatEngine:
             weakref.finalize(self, self.scheduler.close_soon)
         # (image key, prompt ids, answer) -> (A, N) cross-attention of each answer token, from the answering pass
         self._attention: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        self._attention_lock = threading.Lock()
+        self._attention_lock = threading.Lock()  # also guards _verdicts
+        self._verdicts: OrderedDict[str, bool] = OrderedDict()  # image key -> the world gate's verdict
 
     @classmethod
     def from_pretrained(
@@ -121,7 +122,24 @@ class ChatEngine:
         gate = self.adapter.world_gate
         if gate is None:
             return question, history
-        return gate.ask(image, question), gate.history(history)
+        asked = gate.question(question)
+        if asked is not None and not self._in_world(image):
+            asked = None
+        return asked, gate.history(history)
+
+    def _in_world(self, image: Image.Image) -> bool:
+        """The gate's verdict on an image, once per image: every turn of a conversation, and its
+        heat-map, ask again, and the verdict's pixel statistics cost more than the image's hash."""
+        key = self._image_key(image)
+        with self._attention_lock:
+            verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self.adapter.world_gate.image_in_world(image)
+            with self._attention_lock:
+                self._verdicts[key] = verdict
+                while len(self._verdicts) > 4096:
+                    self._verdicts.popitem(last=False)
+        return verdict
 
     def _image_key(self, image: Image.Image) -> str:
         return image_key(image, str(getattr(self.adapter, "source", id(self.adapter))))

@@ -64,6 +64,26 @@ def test_out_of_world_images_and_questions_are_declined(engine, shapes_image, no
     assert engine.attention_overlay(noise_image, "How many objects are there?", "3") is None
 
 
+def test_an_image_is_judged_once_for_a_whole_conversation(gated_checkpoint, shapes_image, noise_image) -> None:
+    """Each turn and each heat-map asks the gate again; the image's verdict is computed once, and a
+    declined image stays declined."""
+    engine = ChatEngine.from_pretrained(gated_checkpoint, device="cpu")
+    judged: list[int] = []
+    judge = engine.adapter.world_gate.image_in_world
+    engine.adapter.world_gate.image_in_world = lambda image: judged.append(1) or judge(image)
+    history: list[Turn] = []
+    for question in ("How many objects are there?", "Is there a red square?", "count the circles"):
+        answer = engine.answer(shapes_image.copy(), question, history, settings=SHORT)
+        assert answer != UNANSWERABLE
+        engine.attention_overlay(shapes_image, question, answer, history)
+        history.append(Turn(question, answer))
+    assert len(judged) == 1
+    for _ in range(2):
+        assert engine.answer(noise_image, "How many objects are there?", settings=SHORT) == UNANSWERABLE
+    assert len(judged) == 2
+    engine.close()
+
+
 def test_every_form_is_answered_as_its_template(engine, shapes_image, tiny_checkpoint) -> None:
     plain = ChatEngine.from_pretrained(tiny_checkpoint, device="cpu")  # the same model, no gate
     for form in ("count the circles", "HOW MANY CIRCLES CAN YOU SEE", "What is the number of circles?"):
