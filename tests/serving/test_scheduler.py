@@ -47,6 +47,12 @@ def fresh(tiny_checkpoint: str, **kwargs) -> ChatEngine:
     return ChatEngine.from_pretrained(tiny_checkpoint, device="cpu", **kwargs)
 
 
+def tokens(reply) -> list[int]:
+    """Every token of a reply, once it has ended."""
+    reply.text()
+    return reply.tokens
+
+
 def vit_counter(engine: ChatEngine) -> list[int]:
     """Counts the images the vision encoder reads."""
     seen = [0]
@@ -71,6 +77,27 @@ def test_batched_greedy_answers_equal_single_answers_token_for_token(tiny_checkp
     batched = [(reply.text(), reply.tokens) for reply in first + second]
     assert batched == single
     assert engine.scheduler.steps < sum(len(tokens) for _, tokens in single)  # rows did share steps
+    engine.close()
+
+
+def test_newcomers_join_a_running_batch_in_one_forward_and_answer_as_alone(tiny_checkpoint):
+    """A request arriving while others decode has its prompt run in the same forward as their next
+    tokens (a mixed step), and every answer, the running ones' and the newcomers', is unchanged."""
+    long = GenerationSettings(max_new_tokens=30)
+    images = [picture(40 + i) for i in range(5)]
+    questions = QUESTIONS[:5]
+    alone = fresh(tiny_checkpoint, image_cache_bytes=0, prefix_cache_bytes=0)
+    single = [tokens(alone.submit(im, q, [], long)) for im, q in zip(images, questions)]
+    alone.close()
+    engine = fresh(tiny_checkpoint)
+    first = engine.submit(images[0], questions[0], [], long)
+    stream = iter(first)
+    next(stream)  # the first row is decoding now
+    later = [engine.submit(im, q, [], long) for im, q in zip(images[1:], questions[1:])]
+    for _ in stream:
+        pass
+    assert [first.tokens] + [tokens(r) for r in later] == single
+    assert engine.scheduler.mixed_steps >= 1
     engine.close()
 
 
