@@ -160,3 +160,55 @@ def test_a_saved_conversation_survives_a_reload_and_a_restart(
                 expect(saved).to_have_count(0, timeout=TIMEOUT_MS)
         finally:
             browser.close()
+
+
+def test_stop_in_the_browser_keeps_the_partial_answer_and_the_app_answers_on(
+    running_app: str,
+    engine: ChatEngine,
+    shapes_image: Image.Image,
+    tmp_path: Path,
+) -> None:
+    """Stop pressed mid-answer: the words so far stay, marked "(stopped)", the stop button goes, and
+    the next question is answered whole. (The tiny random model runs to Max new tokens, 256 here.)"""
+    _browser_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    image = tmp_path / "shapes.png"
+    shapes_image.resize((192, 192), Image.NEAREST).save(image)
+    short = "What color is the square?"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1200})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(running_app)
+            textbox = page.get_by_placeholder("Attach an image and ask a question about it…")
+            expect(textbox).to_be_visible(timeout=TIMEOUT_MS)
+            tokens = page.get_by_label("number input for Max new tokens")
+            tokens.fill("256")
+            tokens.press("Enter")
+
+            page.locator("input[type=file]").set_input_files(str(image))
+            expect(page.locator("button[data-testid=submit-button]")).to_be_enabled()
+            textbox.fill("Tell me everything about this picture.")
+            textbox.press("Enter")
+            bot = page.locator("[data-testid=bot]")
+            expect(bot.first).not_to_be_empty(timeout=TIMEOUT_MS)  # the first words have streamed in
+            # The streamed text re-renders the box around the button; a click event, not a wait for stillness.
+            page.get_by_role("button", name="Stop", exact=True).dispatch_event("click")
+            expect(bot.first).to_contain_text("(stopped)", timeout=TIMEOUT_MS)
+            stopped = visible_text(bot.first.inner_text())
+            assert stopped.endswith("(stopped)") and len(stopped) > len("(stopped)")
+            expect(page.get_by_role("button", name="Stop", exact=True)).to_have_count(0, timeout=TIMEOUT_MS)
+            page.wait_for_timeout(500)
+            assert visible_text(bot.first.inner_text()) == stopped  # nothing more came after Stop
+
+            tokens.fill("8")
+            tokens.press("Enter")
+            textbox = page.locator("textarea").first  # its placeholder is gone once the chat has begun
+            textbox.fill(short)
+            textbox.press("Enter")
+            expect(page.locator("[data-testid=user]").filter(has_text=short)).to_be_visible()
+            expect(bot.get_by_text("Where the model looked")).to_be_visible(timeout=TIMEOUT_MS)
+        finally:
+            browser.close()
