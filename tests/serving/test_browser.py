@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fixtures_app import free_port, serve_app
@@ -32,6 +35,7 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOT = ROOT / "test-artifacts" / "browser.png"
 TIMEOUT_MS = 30_000
+PLACEHOLDER = "Attach an image and ask a question about it…"
 
 
 def _browser_or_skip() -> None:
@@ -50,6 +54,31 @@ def _browser_or_skip() -> None:
         pytest.skip(missing)
 
 
+@contextmanager
+def browser_page() -> Iterator[Any]:
+    """A page of headless Chromium, closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1200})
+            page.set_default_timeout(TIMEOUT_MS)
+            yield page
+        finally:
+            browser.close()
+
+
+def open_chat(page: Any, url: str) -> Any:
+    """Open the app at `url`; its message box once it shows."""
+    from playwright.sync_api import expect
+
+    page.goto(url)
+    textbox = page.get_by_placeholder(PLACEHOLDER)
+    expect(textbox).to_be_visible(timeout=TIMEOUT_MS)
+    return textbox
+
+
 def visible_text(text: str) -> str:
     """What a browser shows of a text: no control characters, whitespace runs collapsed."""
     text = "".join(c for c in text if c.isprintable() or c.isspace())
@@ -63,7 +92,7 @@ def test_ask_about_an_uploaded_image_in_the_browser(
     tmp_path: Path,
 ) -> None:
     _browser_or_skip()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     image = tmp_path / "shapes.png"
     shapes_image.resize((192, 192), Image.NEAREST).save(image)
@@ -71,32 +100,24 @@ def test_ask_about_an_uploaded_image_in_the_browser(
     expected = engine.answer(str(image), question, settings=GenerationSettings())  # the UI's defaults
 
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1200})
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(running_app)
-            textbox = page.get_by_placeholder("Attach an image and ask a question about it…")
-            expect(textbox).to_be_visible(timeout=TIMEOUT_MS)
-            expect(page.get_by_text("mmchat · none on cpu")).to_be_visible()  # engine.describe()
+    with browser_page() as page:
+        textbox = open_chat(page, running_app)
+        expect(page.get_by_text("mmchat · none on cpu")).to_be_visible()  # engine.describe()
 
-            # The multimodal textbox's hidden file input; the upload finishes before submit works.
-            page.locator("input[type=file]").set_input_files(str(image))
-            expect(page.locator("button[data-testid=submit-button]")).to_be_enabled()
-            textbox.fill(question)
-            textbox.press("Enter")
+        # The multimodal textbox's hidden file input; the upload finishes before submit works.
+        page.locator("input[type=file]").set_input_files(str(image))
+        expect(page.locator("button[data-testid=submit-button]")).to_be_enabled()
+        textbox.fill(question)
+        textbox.press("Enter")
 
-            bot = page.locator("[data-testid=bot]")
-            # The overlay is added after the streamed text ends, so its image marks a finished answer.
-            expect(bot.locator("img")).to_be_visible(timeout=TIMEOUT_MS)
-            expect(bot.get_by_text("Where the model looked")).to_be_visible()
-            answer = bot.locator(".message-content").first.inner_text()
-            assert visible_text(answer) == visible_text(expected)
-            expect(page.locator("[data-testid=user]").filter(has_text=question)).to_be_visible()
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
-        finally:
-            browser.close()
+        bot = page.locator("[data-testid=bot]")
+        # The overlay is added after the streamed text ends, so its image marks a finished answer.
+        expect(bot.locator("img")).to_be_visible(timeout=TIMEOUT_MS)
+        expect(bot.get_by_text("Where the model looked")).to_be_visible()
+        answer = bot.locator(".message-content").first.inner_text()
+        assert visible_text(answer) == visible_text(expected)
+        expect(page.locator("[data-testid=user]").filter(has_text=question)).to_be_visible()
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
 
 
 def test_a_saved_conversation_survives_a_reload_and_a_restart(
@@ -108,58 +129,52 @@ def test_a_saved_conversation_survives_a_reload_and_a_restart(
     """Chats live in the browser's local storage: listed after a reload, shown after the app
     restarts (its uploads gone: a follow-up asks for the image again), and deletable."""
     _browser_or_skip()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     image = tmp_path / "shapes.png"
     shapes_image.resize((192, 192), Image.NEAREST).save(image)
     question = "What color is the square?"
     expected = visible_text(engine.answer(str(image), question, settings=GenerationSettings()))
     port = free_port()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1200})
-            page.set_default_timeout(TIMEOUT_MS)
-            bot = page.locator("[data-testid=bot]")
-            saved = page.get_by_text(f"📎 {question}")  # the side list names a chat by its first question
-            # Both starts share the upload folder, as one machine's app does (the restart empties it).
-            with serve_app(["--model", tiny_checkpoint], tmp_path, port) as url:
-                page.goto(url)
-                page.locator("input[type=file]").set_input_files(str(image))
-                expect(page.locator("button[data-testid=submit-button]")).to_be_enabled(timeout=TIMEOUT_MS)
-                textbox = page.get_by_placeholder("Attach an image and ask a question about it…")
-                textbox.fill(question)
-                textbox.press("Enter")
-                expect(bot.locator("img")).to_be_visible(timeout=TIMEOUT_MS)  # the overlay: the answer has ended
-                expect(saved).to_be_visible(timeout=TIMEOUT_MS)  # saved once the turn has ended
+    with browser_page() as page:
+        bot = page.locator("[data-testid=bot]")
+        saved = page.get_by_text(f"📎 {question}")  # the side list names a chat by its first question
+        # Both starts share the upload folder, as one machine's app does (the restart empties it).
+        with serve_app(["--model", tiny_checkpoint], tmp_path, port) as url:
+            page.goto(url)
+            page.locator("input[type=file]").set_input_files(str(image))
+            expect(page.locator("button[data-testid=submit-button]")).to_be_enabled(timeout=TIMEOUT_MS)
+            textbox = page.get_by_placeholder(PLACEHOLDER)
+            textbox.fill(question)
+            textbox.press("Enter")
+            expect(bot.locator("img")).to_be_visible(timeout=TIMEOUT_MS)  # the overlay: the answer has ended
+            expect(saved).to_be_visible(timeout=TIMEOUT_MS)  # saved once the turn has ended
 
-                page.reload()
-                expect(saved).to_be_visible(timeout=TIMEOUT_MS)
-                saved.click()
-                expect(bot.locator("img")).to_be_visible(timeout=TIMEOUT_MS)  # the saved overlay is drawn with it
-                assert visible_text(bot.locator(".message-content").first.inner_text()) == expected
+            page.reload()
+            expect(saved).to_be_visible(timeout=TIMEOUT_MS)
+            saved.click()
+            expect(bot.locator("img")).to_be_visible(timeout=TIMEOUT_MS)  # the saved overlay is drawn with it
+            assert visible_text(bot.locator(".message-content").first.inner_text()) == expected
 
-            # Uploads live a day; a restart on the same machine keeps them, and a follow-up is then
-            # answered. Here they are gone (a day later, or a new machine): the chat is still shown.
-            shutil.rmtree(tmp_path / "gradio")
-            with serve_app(["--model", tiny_checkpoint], tmp_path, port) as url:
-                page.goto(url)
-                saved.click()
-                expect(bot.get_by_text("Where the model looked")).to_be_visible(timeout=TIMEOUT_MS)
-                assert visible_text(bot.locator(".message-content").first.inner_text()) == expected
-                textbox = page.get_by_placeholder("Attach an image and ask a question about it…")
-                textbox.fill("How many objects are there?")
-                textbox.press("Enter")
-                expect(bot.get_by_text("no longer on the server")).to_be_visible(timeout=TIMEOUT_MS)
-                expect(bot.get_by_text("please upload it again")).to_be_visible(timeout=TIMEOUT_MS)
+        # Uploads live a day; a restart on the same machine keeps them, and a follow-up is then
+        # answered. Here they are gone (a day later, or a new machine): the chat is still shown.
+        shutil.rmtree(tmp_path / "gradio")
+        with serve_app(["--model", tiny_checkpoint], tmp_path, port) as url:
+            page.goto(url)
+            saved.click()
+            expect(bot.get_by_text("Where the model looked")).to_be_visible(timeout=TIMEOUT_MS)
+            assert visible_text(bot.locator(".message-content").first.inner_text()) == expected
+            textbox = page.get_by_placeholder(PLACEHOLDER)
+            textbox.fill("How many objects are there?")
+            textbox.press("Enter")
+            expect(bot.get_by_text("no longer on the server")).to_be_visible(timeout=TIMEOUT_MS)
+            expect(bot.get_by_text("please upload it again")).to_be_visible(timeout=TIMEOUT_MS)
 
-                page.get_by_role("button", name="Clear").click()  # deletes the saved chat too
-                expect(saved).to_have_count(0, timeout=TIMEOUT_MS)  # gone from the list (and storage)
-                page.reload()
-                expect(page.get_by_placeholder("Attach an image and ask a question about it…")).to_be_visible(timeout=TIMEOUT_MS)
-                expect(saved).to_have_count(0, timeout=TIMEOUT_MS)
-        finally:
-            browser.close()
+            page.get_by_role("button", name="Clear").click()  # deletes the saved chat too
+            expect(saved).to_have_count(0, timeout=TIMEOUT_MS)  # gone from the list (and storage)
+            page.reload()
+            expect(page.get_by_placeholder(PLACEHOLDER)).to_be_visible(timeout=TIMEOUT_MS)
+            expect(saved).to_have_count(0, timeout=TIMEOUT_MS)
 
 
 def test_stop_in_the_browser_keeps_the_partial_answer_and_the_app_answers_on(
@@ -171,44 +186,36 @@ def test_stop_in_the_browser_keeps_the_partial_answer_and_the_app_answers_on(
     """Stop pressed mid-answer: the words so far stay, marked "(stopped)", the stop button goes, and
     the next question is answered whole. (The tiny random model runs to Max new tokens, 256 here.)"""
     _browser_or_skip()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     image = tmp_path / "shapes.png"
     shapes_image.resize((192, 192), Image.NEAREST).save(image)
     short = "What color is the square?"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1200})
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(running_app)
-            textbox = page.get_by_placeholder("Attach an image and ask a question about it…")
-            expect(textbox).to_be_visible(timeout=TIMEOUT_MS)
-            tokens = page.get_by_label("number input for Max new tokens")
-            tokens.fill("256")
-            tokens.press("Enter")
+    with browser_page() as page:
+        textbox = open_chat(page, running_app)
+        tokens = page.get_by_label("number input for Max new tokens")
+        tokens.fill("256")
+        tokens.press("Enter")
 
-            page.locator("input[type=file]").set_input_files(str(image))
-            expect(page.locator("button[data-testid=submit-button]")).to_be_enabled()
-            textbox.fill("Tell me everything about this picture.")
-            textbox.press("Enter")
-            bot = page.locator("[data-testid=bot]")
-            expect(bot.first).not_to_be_empty(timeout=TIMEOUT_MS)  # the first words have streamed in
-            # The streamed text re-renders the box around the button; a click event, not a wait for stillness.
-            page.get_by_role("button", name="Stop", exact=True).dispatch_event("click")
-            expect(bot.first).to_contain_text("(stopped)", timeout=TIMEOUT_MS)
-            stopped = visible_text(bot.first.inner_text())
-            assert stopped.endswith("(stopped)") and len(stopped) > len("(stopped)")
-            expect(page.get_by_role("button", name="Stop", exact=True)).to_have_count(0, timeout=TIMEOUT_MS)
-            page.wait_for_timeout(500)
-            assert visible_text(bot.first.inner_text()) == stopped  # nothing more came after Stop
+        page.locator("input[type=file]").set_input_files(str(image))
+        expect(page.locator("button[data-testid=submit-button]")).to_be_enabled()
+        textbox.fill("Tell me everything about this picture.")
+        textbox.press("Enter")
+        bot = page.locator("[data-testid=bot]")
+        expect(bot.first).not_to_be_empty(timeout=TIMEOUT_MS)  # the first words have streamed in
+        # The streamed text re-renders the box around the button; a click event, not a wait for stillness.
+        page.get_by_role("button", name="Stop", exact=True).dispatch_event("click")
+        expect(bot.first).to_contain_text("(stopped)", timeout=TIMEOUT_MS)
+        stopped = visible_text(bot.first.inner_text())
+        assert stopped.endswith("(stopped)") and len(stopped) > len("(stopped)")
+        expect(page.get_by_role("button", name="Stop", exact=True)).to_have_count(0, timeout=TIMEOUT_MS)
+        page.wait_for_timeout(500)
+        assert visible_text(bot.first.inner_text()) == stopped  # nothing more came after Stop
 
-            tokens.fill("8")
-            tokens.press("Enter")
-            textbox = page.locator("textarea").first  # its placeholder is gone once the chat has begun
-            textbox.fill(short)
-            textbox.press("Enter")
-            expect(page.locator("[data-testid=user]").filter(has_text=short)).to_be_visible()
-            expect(bot.get_by_text("Where the model looked")).to_be_visible(timeout=TIMEOUT_MS)
-        finally:
-            browser.close()
+        tokens.fill("8")
+        tokens.press("Enter")
+        textbox = page.locator("textarea").first  # its placeholder is gone once the chat has begun
+        textbox.fill(short)
+        textbox.press("Enter")
+        expect(page.locator("[data-testid=user]").filter(has_text=short)).to_be_visible()
+        expect(bot.get_by_text("Where the model looked")).to_be_visible(timeout=TIMEOUT_MS)
