@@ -6,18 +6,25 @@
 # matplotlib photos, matplotlib charts, rendered text), out-of-world questions from the held-out
 # list, and easy-vqa's test split (in-world: it counts towards the false declines).
 # Needs the dev requirements (scikit-learn, matplotlib) to build the out-of-world image set.
+# `bash scripts/evaluate_v2.sh MODEL SEED` makes the seven sets from SEED..SEED+6 (default 20261130,
+# what the first v2 figures used); a new model is scored on sets made fresh for it.
 set -euo pipefail
 model=${1:-models/mmchat-shapes}
-mkdir -p runs/eval-v2
-[ -f data/v2-v1-test/annotations.json ] || python -m mmchat shapes --out data/v2-v1-test --images 200 --seed 20261130 --questions-per-image 5
-[ -f data/v2-independent-224/annotations.json ] || python benchmarks/independent_shapes.py --out data/v2-independent-224 --images 300 --seed 20261131 --side 224
-[ -f data/v2-independent-96/annotations.json ] || python benchmarks/independent_shapes.py --out data/v2-independent-96 --images 300 --seed 20261132 --side 96
-[ -f data/v2-phrasing-test/annotations.json ] || python -m mmchat shapes --out data/v2-phrasing-test --images 200 --seed 20261133 --questions-per-image 5 --phrasing v2
-[ -f data/v2-describe-test/annotations.json ] || python -m mmchat shapes --out data/v2-describe-test --images 200 --seed 20261134 --questions-per-image 1 --families describe --phrasing v2
-[ -f data/v2-oow-images/annotations.json ] || python -m mmchat out-of-world --out data/v2-oow-images --images 200 --seed 20261135
-[ -f data/v2-oow-questions/annotations.json ] || python -m mmchat out-of-world --out data/v2-oow-questions --questions held-out --images 200 --seed 20261136
+seed=${2:-20261130}
+d=data/v2-$seed
+out=runs/eval-v2-$seed
+mkdir -p $out
+[ -f $d/v1/annotations.json ] || python -m mmchat shapes --out $d/v1 --images 200 --seed $seed --questions-per-image 5
+[ -f $d/independent-224/annotations.json ] || python benchmarks/independent_shapes.py --out $d/independent-224 --images 300 --seed $((seed + 1)) --side 224
+[ -f $d/independent-96/annotations.json ] || python benchmarks/independent_shapes.py --out $d/independent-96 --images 300 --seed $((seed + 2)) --side 96
+[ -f $d/phrasing/annotations.json ] || python -m mmchat shapes --out $d/phrasing --images 200 --seed $((seed + 3)) --questions-per-image 5 --phrasing v2
+[ -f $d/describe/annotations.json ] || python -m mmchat shapes --out $d/describe --images 200 --seed $((seed + 4)) --questions-per-image 1 --families describe --phrasing v2
+[ -f $d/oow-images/annotations.json ] || python -m mmchat out-of-world --out $d/oow-images --images 200 --seed $((seed + 5))
+[ -f $d/oow-questions/annotations.json ] || python -m mmchat out-of-world --out $d/oow-questions --questions held-out --images 200 --seed $((seed + 6))
 [ -f data/easy-vqa-test/annotations.json ] || python -m mmchat easy-vqa --out data/easy-vqa-test --split test
-for set in v2-v1-test v2-independent-224 v2-independent-96 v2-phrasing-test v2-describe-test v2-oow-images v2-oow-questions easy-vqa-test; do
+for set in v1 independent-224 independent-96 phrasing describe oow-images oow-questions; do
   echo "== $set"
-  python -m mmchat evaluate --model "$model" --data data/$set --predictions runs/eval-v2/$set.json
+  python -m mmchat evaluate --model "$model" --data $d/$set --predictions $out/$set.json
 done
+echo "== easy-vqa-test"
+python -m mmchat evaluate --model "$model" --data data/easy-vqa-test --predictions $out/easy-vqa-test.json

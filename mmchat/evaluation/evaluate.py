@@ -117,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     except ServingError as e:  # a model server that is down or refuses
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        # The scheduler thread ends here, not in the interpreter's teardown (which aborted the
+        # process after long runs: "terminate called without an active exception", exit 134).
+        engine.close()
     Path(args.predictions).write_text(json.dumps(predictions))
     if all(ex.answers for ex in examples):
         scores = score_predictions(predictions, examples)
