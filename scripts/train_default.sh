@@ -7,8 +7,10 @@
 # ViT patches and training-only "Where is the ...?" questions, its data mix changed twice on one
 # learning-rate schedule (--stop-at, then --resume), then eight count stages that ask "how many"
 # most often (a short one, a long one at a higher rate, two more at a lower rate, one on a fresh
-# stream, two that draw crowded scenes more often, one with more varied renders). Run from the
-# repo root; runs/shapes-small-count-8/final is what ships as models/mmchat-shapes.
+# stream, two that draw crowded scenes more often, one with more varied renders), then a describe
+# stage (ShapesVQA v2: descriptions and v2 phrasings, each answer weighing the same in the loss,
+# the ViT frozen). Run from the repo root; runs/shapes-small-describe/final, with the world gate
+# beside it, is what ships as models/mmchat-shapes.
 set -euo pipefail
 python -m mmchat easy-vqa --out data/easy-vqa-train --split train
 common="--preset shapes-small --batch-size 32 --mixed-precision bf16 --threads 2 --min-turns 4 --vqa-data data/easy-vqa-train --vqa-weight 0.25 --log-every 50 --save-every 250"
@@ -46,3 +48,10 @@ python -m mmchat train --out runs/shapes-small-count-8 --init-from runs/shapes-s
 # trained on in-world renders and easy-vqa's train images against scikit-image photos, UI mock-ups,
 # icons, patterns and noise (the other out-of-world sources are held out to measure it).
 python -m mmchat train-gate --model runs/shapes-small-count-8/final --seed 2 --in-world 1500 --out-of-world 1500 --max-false-declines 0.002
+# Stage 14 teaches `describe` (v2) and the v2 phrasings on top of stage 13, keeping v1: every answer
+# weighs the same in the loss (--answer-balanced: a 20-60 token description would otherwise drown
+# the one-word answers), the ViT frozen. The gate above is pixel statistics only; it is reused.
+python -m mmchat train --out runs/shapes-small-describe --init-from runs/shapes-small-count-8/final --seed 17 --steps 1800 \
+  --lr 2e-4 --warmup 100 --eval-every 600 --max-minutes 85 $crowded --more-variety --phrasing-v2 0.25 \
+  --family-weights where=1 relation=3 count=6 query_size=0.75 describe=6 --answer-balanced --freeze-vision
+cp runs/shapes-small-count-8/final/world_gate.json runs/shapes-small-describe/final/

@@ -42,6 +42,7 @@ from ..modeling.processing_mmchat import MMChatProcessor
 from ..serving.engine import ChatEngine
 from ..serving.families.mmchat import MMChatAdapter
 from .align import AlignmentModel, CaptionCollator, ShapesCaptions
+from .balanced import AnswerBalancedModel
 from .centres import CentreModel, centre_grid
 from .conversations import (
     ConversationCollator,
@@ -140,6 +141,7 @@ class TrainConfig:
     stop_at: int = 0  # stop with a checkpoint here, on the --steps schedule; --resume goes on (e.g. with a new mix)
     max_minutes: float = 0.0  # end the run (saving final) once training has run this long; 0: no limit
     centre_loss: float = 0.0  # weight of the auxiliary object-centre loss on the patches (mmchat.training.centres); 0: off
+    answer_balanced: bool = False  # every answer weighs the same in the loss, however long (mmchat.training.balanced)
 
 
 def tokenizer_corpus(seed: int = 0, n_scenes: int = 3000, extra: list[str] | None = None) -> list[str]:
@@ -331,6 +333,8 @@ def train(cfg: TrainConfig) -> Path:
         if cfg.centre_loss:
             trainee = CentreModel(model, cfg.centre_loss)
             collate = ConversationCollator(processor, centre_grid=centre_grid(model))
+        elif cfg.answer_balanced:
+            trainee, collate = AnswerBalancedModel(model), ConversationCollator(processor)
         else:
             trainee, collate = model, ConversationCollator(processor)
     loader = DataLoader(data, batch_size=cfg.batch_size, collate_fn=collate,
