@@ -259,4 +259,4 @@ def test_nan_settings_are_not_silently_fixed() -> None:
         with pytest.raises(ChatInputError, match="Max new tokens"):
             GenerationSettings(max_new_tokens=bad)
     assert GenerationSettings(max_new_tokens="12").max_new_tokens == 12
-    assert GenerationSettings(do_sample=False, temperature=0).generate_kwargs() == {"max_new_tokens": 32, "do_sample": False}
+    assert GenerationSettings(do_sample=False, temperature=0).generate_kwargs() == {"max_new_tokens": 64, "do_sample": False}
