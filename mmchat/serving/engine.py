@@ -116,21 +116,22 @@ class ChatEngine:
         question = check_question(question)
         return load_image(image), question
 
-    def _asked(self, image: Image.Image, question: str, history: list[Turn]) -> tuple[str | None, list[Turn]]:
+    def _asked(
+        self, image: Image.Image, key: str, question: str, history: list[Turn]
+    ) -> tuple[str | None, list[Turn]]:
         """What the model is asked, and the history it sees: the adapter's world gate (if its
         checkpoint has one) may decline (None: the answer is `unanswerable`) or reword."""
         gate = self.adapter.world_gate
         if gate is None:
             return question, history
         asked = gate.question(question)
-        if asked is not None and not self._in_world(image):
+        if asked is not None and not self._in_world(image, key):
             asked = None
         return asked, gate.history(history)
 
-    def _in_world(self, image: Image.Image) -> bool:
-        """The gate's verdict on an image, once per image: every turn of a conversation, and its
-        heat-map, ask again, and the verdict's pixel statistics cost more than the image's hash."""
-        key = self._image_key(image)
+    def _in_world(self, image: Image.Image, key: str) -> bool:
+        """The gate's verdict on an image (whose `_image_key` is `key`), once per image: every turn
+        of a conversation, and its heat-map, ask again, and the pixel statistics cost more than a lookup."""
         with self._attention_lock:
             verdict = self._verdicts.get(key)
         if verdict is None:
@@ -185,17 +186,28 @@ class ChatEngine:
     ) -> Reply:
         """Queue one answer; iterate the returned `Reply` for the text as it grows."""
         image, question = self.check(image, question)
+        return self._enqueue(image, self._image_key(image), question, history or [], settings, stop_event)
+
+    def _enqueue(
+        self,
+        image: Image.Image,
+        key: str,
+        question: str,
+        history: list[Turn],
+        settings: GenerationSettings | None,
+        stop_event: threading.Event | None,
+    ) -> Reply:
+        """`submit` for an image already checked, whose `_image_key` is `key`."""
         settings = settings or GenerationSettings()
         settings.generate_kwargs()  # checks them; raises ChatInputError
         if self.scheduler is None:
             raise ChatInputError("This model streams by itself; use `stream`.")
         if self.scheduler.waiting() >= self.max_waiting:
             raise ChatInputError("The server is busy answering other people; please try again in a minute.")
-        key = self._image_key(image)
         if self.adapter.batched:
-            prompt, inputs = self._fit_prompt(question, history or []), None
+            prompt, inputs = self._fit_prompt(question, history), None
         else:
-            inputs = self._fit_history(image, question, history or [])
+            inputs = self._fit_history(image, question, history)
             prompt = inputs["input_ids"][0].tolist()
         request = Request(
             prompt=prompt,
@@ -217,7 +229,8 @@ class ChatEngine:
     ) -> Iterator[str]:
         """Yield the answer so far, growing, until generation ends or `stop_event` is set."""
         image, question = self.check(image, question)
-        question, history = self._asked(image, question, history or [])
+        key = self._image_key(image)
+        question, history = self._asked(image, key, question, history or [])
         if question is None:  # outside the model's world: declined before any generation
             yield UNANSWERABLE
             return
@@ -225,7 +238,7 @@ class ChatEngine:
             settings = settings or GenerationSettings()
             yield from self._stream_from_adapter(image, question, history, settings, stop_event or threading.Event())
             return
-        reply = self.submit(image, question, history, settings, stop_event)
+        reply = self._enqueue(image, key, question, history, settings, stop_event)
         try:
             yield from reply
         finally:
@@ -263,14 +276,15 @@ class ChatEngine:
         """Answer many single-turn questions at once (evaluation)."""
         settings = settings or GenerationSettings()
         checked = [self.check(image, question) for image, question in zip(images, questions)]
+        keys = [self._image_key(image) for image, _ in checked]
         # The world gate first, as in `stream`: declined questions are `unanswerable`, the rest asked as worded by it.
-        asked = [(image, self._asked(image, question, [])[0]) for image, question in checked]
+        asked = [(image, self._asked(image, key, question, [])[0]) for (image, question), key in zip(checked, keys)]
         answers = [UNANSWERABLE] * len(asked)
         kept = [i for i, (_, question) in enumerate(asked) if question is not None]
         if not kept:
             return answers
         if self.adapter.batched:
-            replies = [self.submit(asked[i][0], asked[i][1], [], settings) for i in kept]
+            replies = [self._enqueue(asked[i][0], keys[i], asked[i][1], [], settings, None) for i in kept]
             found = [reply.text() for reply in replies]
         else:
             kwargs = settings.generate_kwargs()
@@ -304,12 +318,13 @@ class ChatEngine:
         if not self.adapter.batched or not answer:
             return None
         image, question = self.check(image, question)
-        question, history = self._asked(image, question, history or [])  # as the answering pass was asked
+        key = self._image_key(image)
+        question, history = self._asked(image, key, question, history or [])  # as the answering pass was asked
         if question is None:
             return None
         prompt = self._fit_prompt(question, history)
         with self._attention_lock:
-            weights = self._attention.get((self._image_key(image), tuple(prompt), answer))
+            weights = self._attention.get((key, tuple(prompt), answer))
         if weights is not None:
             return weights
         inputs = self._fit_history(image, question, history)
@@ -325,7 +340,7 @@ class ChatEngine:
             weights = self.answer_attention(image, question, answer, history)
             grid = None if weights is None or not len(weights) else self.adapter.grid_from_weights(weights.mean(0))
         else:
-            asked, history = self._asked(image, question, history or [])
+            asked, history = self._asked(image, self._image_key(image), question, history or [])
             if asked is None:
                 return None
             inputs = self._fit_history(image, asked, history)
