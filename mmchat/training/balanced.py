@@ -3,7 +3,10 @@
 A v1 answer is two tokens (a word and the end token); a description is 20-60. With the usual mean
 over tokens, a batch where a quarter of the answers are descriptions spends most of its gradient on
 them, and the model unlearns what it knew (a fine-tune of the shipped model lost count accuracy
-this way). Here each token weighs 1 / (its answer's length), and the loss is the mean over answers.
+this way). Here each token weighs 1 / (its answer's length) ** `power`, and the loss is the sum over
+answers divided by their number: at power 1 every answer weighs the same; at 0.5 a 36-token
+description weighs 6 times a one-word answer (where the per-token mean makes it 18 times), enough
+to keep learning long descriptions without drowning the short answers.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from ..modeling.modeling_mmchat import MMChatForConditionalGeneration
 from .conversations import IGNORE_INDEX
 
 
-def answer_balanced_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def answer_balanced_loss(logits: torch.Tensor, labels: torch.Tensor, power: float = 1.0) -> torch.Tensor:
     """logits (B, T, V) and labels (B, T) as the model takes them (not yet shifted)."""
     logits, target = logits[:, :-1].float(), labels[:, 1:]  # token t predicts label t+1
     mask = target != IGNORE_INDEX  # (B, T-1)
@@ -26,7 +29,7 @@ def answer_balanced_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     starts = mask & ~F.pad(mask[:, :-1], (1, 0), value=False)
     answer = starts.cumsum(-1) + torch.arange(mask.shape[0], device=mask.device)[:, None] * mask.shape[1]
     lengths = torch.bincount(answer[mask])  # tokens per answer id
-    weights = 1.0 / lengths[answer[mask]].float()
+    weights = lengths[answer[mask]].float().pow(-power)
     n_answers = starts.sum().clamp(min=1)
     return (per_token[mask] * weights).sum() / n_answers
 
@@ -34,10 +37,11 @@ def answer_balanced_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 class AnswerBalancedModel(nn.Module):
     """The model with `answer_balanced_loss` in place of its per-token mean (one module, for DDP)."""
 
-    def __init__(self, model: MMChatForConditionalGeneration):
+    def __init__(self, model: MMChatForConditionalGeneration, power: float = 1.0):
         super().__init__()
         self.model = model
+        self.power = power
 
     def forward(self, labels: torch.Tensor, **batch: torch.Tensor) -> dict:
         logits = self.model(**batch).logits  # (B, T, V)
-        return {"loss": answer_balanced_loss(logits, labels)}
+        return {"loss": answer_balanced_loss(logits, labels, self.power)}

@@ -142,6 +142,7 @@ class TrainConfig:
     max_minutes: float = 0.0  # end the run (saving final) once training has run this long; 0: no limit
     centre_loss: float = 0.0  # weight of the auxiliary object-centre loss on the patches (mmchat.training.centres); 0: off
     answer_balanced: bool = False  # every answer weighs the same in the loss, however long (mmchat.training.balanced)
+    answer_length_power: float = 1.0  # with --answer-balanced: a token weighs 1 / (its answer's length) ** this
 
 
 def tokenizer_corpus(seed: int = 0, n_scenes: int = 3000, extra: list[str] | None = None) -> list[str]:
@@ -334,7 +335,7 @@ def train(cfg: TrainConfig) -> Path:
             trainee = CentreModel(model, cfg.centre_loss)
             collate = ConversationCollator(processor, centre_grid=centre_grid(model))
         elif cfg.answer_balanced:
-            trainee, collate = AnswerBalancedModel(model), ConversationCollator(processor)
+            trainee, collate = AnswerBalancedModel(model, cfg.answer_length_power), ConversationCollator(processor)
         else:
             trainee, collate = model, ConversationCollator(processor)
     loader = DataLoader(data, batch_size=cfg.batch_size, collate_fn=collate,

@@ -21,6 +21,17 @@ def test_each_answer_weighs_the_same_however_long() -> None:
     assert math.isclose(answer_balanced_loss(logits, labels).item(), math.log(V) / 2, rel_tol=1e-5)
 
 
+def test_length_power_sets_how_much_a_long_answer_weighs() -> None:
+    # As above: a one-token answer right, a three-token one at uniform odds (log V a token).
+    labels = torch.tensor([[IGNORE_INDEX, 2, IGNORE_INDEX, IGNORE_INDEX, 1, 1, 1, IGNORE_INDEX]])
+    logits = torch.zeros(1, 8, V)
+    logits[0, 0, 2] = 100.0
+    # power 0.5: the long answer's tokens weigh 1/sqrt(3) each, so it counts sqrt(3) times a short one.
+    assert math.isclose(answer_balanced_loss(logits, labels, 0.5).item(), math.sqrt(3) * math.log(V) / 2, rel_tol=1e-5)
+    # power 0: every token weighs 1, as a token sum would, over the two answers.
+    assert math.isclose(answer_balanced_loss(logits, labels, 0.0).item(), 3 * math.log(V) / 2, rel_tol=1e-5)
+
+
 def test_answers_are_counted_per_row() -> None:
     # Two rows, each one answer running to the row's end: answers in different rows stay apart.
     labels = torch.tensor([[IGNORE_INDEX, 1, 1], [IGNORE_INDEX, 3, 3]])
