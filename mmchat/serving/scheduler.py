@@ -34,6 +34,7 @@ from transformers.generation.streamers import BaseStreamer
 from .cache import LRUBytes, PrefixCache
 from .families.base import KV
 from .settings import GenerationSettings
+from .slots import ImageSlots
 
 logger = logging.getLogger(__name__)
 _running: weakref.WeakSet[Scheduler] = weakref.WeakSet()
@@ -94,6 +95,7 @@ class Scheduler:
         self.record_attention = record_attention
         self.images = LRUBytes(image_cache_bytes)  # image key -> the family's image state for one image
         self.prefixes = PrefixCache(prefix_cache_bytes)
+        self._slots = ImageSlots(adapter)  # the running batch's image keys/values
         self.eos = set(adapter.eos_token_ids())
         self.pad = adapter.pad_token_id()
         self._queue: queue.Queue = queue.Queue()
@@ -188,6 +190,8 @@ class Scheduler:
             for request in newcomers + (self._batch.rows if self._batch else []):
                 request.out.put(("error", e))
             self._batch = None
+        if self._batch is None:
+            self._slots.clear()  # idle: the slots' memory goes back
         return True
 
     # ---- inline: no thread, the callers' threads take turns running the rounds ----
@@ -226,7 +230,7 @@ class Scheduler:
             if r.cancel.is_set():
                 r.out.put(("end", "stopped"))
         if len(keep) < len(batch.rows):
-            self._batch = _select(batch, keep, self.adapter) if keep else None
+            self._batch = _select(batch, keep, self.adapter, self._slots) if keep else None
 
     def _mixed_step(self, newcomers: list[Request]) -> None:
         """One forward for the running rows' next tokens and the newcomers' prompts together: on a
@@ -283,7 +287,10 @@ class Scheduler:
         self.prefills += 1
         device = self.adapter.device
         states = self._image_states(requests)
-        images = self.adapter.stack_images(([running.images] if running else []) + states)
+        if running is not None and self._slots.owns(running.images):
+            images = self._slots.append(states)  # only the newcomers' rows are written
+        else:
+            images = self._slots.reset(([running.images] if running else []) + states)
         cached = [self.prefixes.longest(r.image_key, r.prompt) for r in requests]
         R = len(running.rows) if running else 0
         L = running.mask.shape[1] if running else 0
@@ -373,7 +380,7 @@ class Scheduler:
         batch.next_tokens = tokens.to(batch.next_tokens.device)
         if not keep:
             return None
-        return batch if len(keep) == len(batch.rows) else _select(batch, keep, self.adapter)
+        return batch if len(keep) == len(batch.rows) else _select(batch, keep, self.adapter, self._slots)
 
     def _remember(self, batch: _Batch, i: int, request: Request) -> None:
         """Keep the finished row's keys/values: the conversation's next turn starts from them."""
@@ -450,8 +457,14 @@ def choose_tokens(logits: torch.Tensor, rows: list[Request]) -> torch.Tensor:
     return tokens
 
 
-def _select(batch: _Batch, keep: list[int], adapter: Any) -> _Batch:
-    """The rows `keep`, with the leading columns that none of them uses cut off."""
+def _select(batch: _Batch, keep: list[int], adapter: Any, slots: ImageSlots | None = None) -> _Batch:
+    """The rows `keep`, with the leading columns that none of them uses cut off. Where `slots` hold
+    the batch's images, they keep the rows in place (the rows' order may change with them); else
+    the images are copied out."""
+    if slots is not None and slots.owns(batch.images):
+        keep, images = slots.keep(keep)
+    else:
+        images = adapter.select_images(batch.images, torch.tensor(keep, device=batch.mask.device))
     idx = torch.tensor(keep, device=batch.mask.device)
     mask = batch.mask[idx]
     used = mask.any(dim=0).nonzero()
@@ -461,7 +474,7 @@ def _select(batch: _Batch, keep: list[int], adapter: Any) -> _Batch:
         past=[(k[idx, :, start:], v[idx, :, start:]) for k, v in batch.past],
         mask=mask[:, start:],
         pos=batch.pos[idx],
-        images=adapter.select_images(batch.images, idx),
+        images=images,
         next_tokens=batch.next_tokens[idx],
     )
 

@@ -61,6 +61,14 @@ class MMChatAdapter(FamilyAdapter):
             },
         )
 
+    def image_tensors(self, state: CrossAttentionCache) -> list[torch.Tensor]:
+        """The state's tensors, batch first, in a fixed order (the scheduler's slots hold them)."""
+        return [state.image_states] + [t for layer in sorted(state.key_values) for t in state.key_values[layer]]
+
+    def images_from_tensors(self, like: CrossAttentionCache, tensors: list[torch.Tensor]) -> CrossAttentionCache:
+        layers = sorted(like.key_values)
+        return CrossAttentionCache(tensors[0], {layer: (tensors[1 + 2 * i], tensors[2 + 2 * i]) for i, layer in enumerate(layers)})
+
     def select_images(self, state: CrossAttentionCache, idx: torch.Tensor) -> CrossAttentionCache:
         idx = idx.to(state.image_states.device)
         return CrossAttentionCache(
