@@ -2,8 +2,10 @@
 
 Requests arrive on a thread-safe queue. Between two decode steps the scheduler drops the rows that
 finished or were stopped and admits the newcomers: their prompts run together in one prefill (each
-starting from the keys/values of its conversation's earlier turns, when cached), then join the
-running batch, whose per-layer keys/values are left-padded to one length. Each row keeps its own
+starting from the keys/values of its conversation's earlier turns, when cached), either in the same
+forward as the running rows' next tokens or in one of their own, whichever the fitted cost of a
+forward says is cheaper (`ForwardCost`); then they join the running batch, whose per-layer
+keys/values are left-padded to one length and whose image keys/values sit in slots (`ImageSlots`). Each row keeps its own
 position ids, attention mask, image keys/values and sampling settings, so a batch answers exactly
 what each request alone would. Tokens go to each request's own queue as they are chosen.
 
@@ -79,6 +81,39 @@ class _Batch:
     next_tokens: torch.Tensor  # (B,) the token each row feeds next
 
 
+class ForwardCost:
+    """A forward's seconds as `fixed + per_position * positions` (positions: rows x new columns),
+    fitted by least squares over the forwards run so far, recent ones weighing most.
+
+    On this 2-core CPU a batch-16 decode step took about 12 ms and a batch-16 prefill of 13 tokens
+    about 47 ms, so padding 15 running rows to a newcomer's 13 columns cost more than a second
+    forward; on a GPU the fixed cost dominates and mixing wins. The fit tells which machine it is on.
+    """
+
+    def __init__(self, decay: float = 0.98):
+        self.decay = decay
+        self.n = self.x = self.y = self.xx = self.xy = 0.0
+
+    def add(self, positions: int, seconds: float) -> None:
+        d = self.decay
+        self.n, self.x, self.y = d * self.n + 1, d * self.x + positions, d * self.y + seconds
+        self.xx, self.xy = d * self.xx + positions * positions, d * self.xy + positions * seconds
+
+    def fit(self) -> tuple[float, float] | None:
+        """(fixed seconds, seconds per position), or None until forwards of different sizes were seen."""
+        spread = self.n * self.xx - self.x * self.x
+        if self.n < 4 or spread <= 1e-9 * max(self.n * self.xx, 1.0):
+            return None
+        per_position = max(0.0, (self.n * self.xy - self.x * self.y) / spread)
+        fixed = max(0.0, (self.y - per_position * self.x) / self.n)
+        return fixed, per_position
+
+    def cheaper_apart(self, wasted: int) -> bool:
+        """Whether `wasted` padded positions cost more than one more forward; mixing until the fit is known."""
+        fit = self.fit()
+        return fit is not None and fit[1] * wasted > fit[0]
+
+
 class Scheduler:
     def __init__(
         self,
@@ -101,7 +136,8 @@ class Scheduler:
         self._queue: queue.Queue = queue.Queue()
         self._batch: _Batch | None = None
         self._lock = threading.Lock()  # inline: one caller runs a round at a time
-        self.steps = self.prefills = self.mixed_steps = 0
+        self.steps = self.prefills = self.mixed_steps = self.split_steps = 0
+        self.cost = ForwardCost()
         self._thread: threading.Thread | None = None
         if threaded:
             self._thread = threading.Thread(target=self._loop, name="mmchat-scheduler", daemon=True)
@@ -179,7 +215,14 @@ class Scheduler:
                 return True
             self._drop_stopped()
             if newcomers and self._batch is not None:
-                self._mixed_step(newcomers)
+                cached = self._cached(newcomers)
+                rows = len(self._batch.rows)
+                new_columns = max(len(r.prompt) - n for r, (n, _) in zip(newcomers, cached))
+                # Mixed, each running row pads its one token to the newcomers' width; apart, one forward more.
+                if self.cost.cheaper_apart(wasted=rows * (new_columns - 1)):
+                    self._split_step(newcomers, cached)
+                else:
+                    self._mixed_step(newcomers, cached)
             else:
                 if newcomers:
                     self._admit(newcomers)
@@ -232,15 +275,15 @@ class Scheduler:
         if len(keep) < len(batch.rows):
             self._batch = _select(batch, keep, self.adapter, self._slots) if keep else None
 
-    def _mixed_step(self, newcomers: list[Request]) -> None:
-        """One forward for the running rows' next tokens and the newcomers' prompts together: on a
-        CPU a step costs about the same for 1 token a row as for 16, so a separate prefill would
-        double the forwards of every round in which someone joins."""
+    def _mixed_step(self, newcomers: list[Request], cached: list[tuple[int, KV | None]]) -> None:
+        """One forward for the running rows' next tokens and the newcomers' prompts together: where a
+        forward's fixed cost dominates (a GPU, a small batch), a separate prefill would double the
+        forwards of every round in which someone joins."""
         running = self._batch
         self.steps += 1
         self.mixed_steps += 1
         try:
-            self._batch = self._prefill(newcomers, running)
+            self._batch = self._prefill(newcomers, running, cached=cached)
         except Exception:
             logger.exception("mixed step failed; the newcomers' prefill and the decode apart")
             self._batch = running
@@ -248,9 +291,23 @@ class Scheduler:
             if self._batch is not None:
                 self._batch = self._decode(self._batch)
 
-    def _admit(self, newcomers: list[Request]) -> None:
+    def _split_step(self, newcomers: list[Request], cached: list[tuple[int, KV | None]]) -> None:
+        """The running rows' next tokens in one forward, the newcomers' prompts in another: where a
+        forward's cost grows with its positions (a CPU), padding every running row to the newcomers'
+        width costs more than the second forward."""
+        self.split_steps += 1
+        self._batch = self._decode(self._batch)
+        self._admit(newcomers, cached)
+
+    def _cached(self, requests: list[Request]) -> list[tuple[int, KV | None]]:
+        """Each request's longest cached prefix: (tokens, their keys/values)."""
+        return [self.prefixes.longest(r.image_key, r.prompt) for r in requests]
+
+    def _admit(self, newcomers: list[Request], cached: list[tuple[int, KV | None]] | None = None) -> None:
+        """Prefill the newcomers and add them to the running batch (if any)."""
         try:
-            joined = self._prefill(newcomers)
+            # Alone, they take fresh slots; beside a running batch, their rows go into its slots on joining.
+            joined = self._prefill(newcomers, cached=cached, into_slots=self._batch is None)
         except Exception as e:
             if len(newcomers) == 1:
                 logger.exception("prefill failed")
@@ -260,7 +317,7 @@ class Scheduler:
             joined = None
             for request in newcomers:
                 try:
-                    alone = self._prefill([request])
+                    alone = self._prefill([request], into_slots=False)
                 except Exception as e:
                     logger.exception("prefill failed")
                     request.out.put(("error", e))
@@ -268,7 +325,12 @@ class Scheduler:
                 if alone is not None:
                     joined = alone if joined is None else _merge(joined, alone, self.adapter)
         if joined is not None:
-            self._batch = joined if self._batch is None else _merge(self._batch, joined, self.adapter)
+            self._batch = joined if self._batch is None else self._join(self._batch, joined)
+
+    def _join(self, running: _Batch, joined: _Batch) -> _Batch:
+        """`joined`'s rows after `running`'s; into the running batch's slots when it has them."""
+        images = self._slots.append([joined.images]) if self._slots.owns(running.images) else None
+        return _merge(running, joined, self.adapter, images)
 
     def _image_states(self, requests: list[Request]) -> list[Any]:
         """Each request's image state: from the cache, or encoded now (the misses in one batch)."""
@@ -281,17 +343,26 @@ class Scheduler:
                 self.images.put(key, state)
         return [states[r.image_key] for r in requests]
 
-    def _prefill(self, requests: list[Request], running: _Batch | None = None) -> _Batch | None:
+    def _prefill(
+        self,
+        requests: list[Request],
+        running: _Batch | None = None,
+        cached: list[tuple[int, KV | None]] | None = None,
+        into_slots: bool = True,
+    ) -> _Batch | None:
         """Run the newcomers' prompts (after any cached prefix) together, and with them the next
-        token of each `running` row; returns the rows still going (the running ones first)."""
+        token of each `running` row; returns the rows still going (the running ones first).
+        `into_slots` False: their images are stacked apart, for a batch that joins another later."""
         self.prefills += 1
         device = self.adapter.device
         states = self._image_states(requests)
         if running is not None and self._slots.owns(running.images):
             images = self._slots.append(states)  # only the newcomers' rows are written
-        else:
+        elif into_slots:
             images = self._slots.reset(([running.images] if running else []) + states)
-        cached = [self.prefixes.longest(r.image_key, r.prompt) for r in requests]
+        else:
+            images = self.adapter.stack_images(states)
+        cached = cached if cached is not None else self._cached(requests)
         R = len(running.rows) if running else 0
         L = running.mask.shape[1] if running else 0
         P = max([L] + [n for n, _ in cached])  # cached columns; each row's right-aligned in them
@@ -325,7 +396,9 @@ class Scheduler:
                         v[i, :, P - n :] = kv[layer][1][0]
                 layers.append((k, v))
             past = layers
+        start = time.perf_counter()
         logits, past, weights = self.adapter.step(ids, mask, pos, past, images, self.record_attention)
+        self.cost.add(B * S, time.perf_counter() - start)
         batch = _Batch(
             rows=(running.rows if running else []) + list(requests),
             past=past,
@@ -341,9 +414,11 @@ class Scheduler:
         ids = batch.next_tokens[:, None]
         mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=1)
         try:
+            start = time.perf_counter()
             logits, past, weights = self.adapter.step(
                 ids, mask, batch.pos[:, None], batch.past, batch.images, self.record_attention
             )
+            self.cost.add(len(batch.rows), time.perf_counter() - start)
         except Exception:
             if len(batch.rows) == 1:
                 batch.rows[0].out.put(("error", _last_error()))
@@ -479,8 +554,9 @@ def _select(batch: _Batch, keep: list[int], adapter: Any, slots: ImageSlots | No
     )
 
 
-def _merge(a: _Batch, b: _Batch, adapter: Any) -> _Batch:
-    """Two batches as one: the shorter one's keys/values and mask left-padded to the longer's length."""
+def _merge(a: _Batch, b: _Batch, adapter: Any, images: Any = None) -> _Batch:
+    """Two batches as one: the shorter one's keys/values and mask left-padded to the longer's length.
+    `images`: both batches' image states already together (the slots'), else they are stacked."""
     L = max(a.mask.shape[1], b.mask.shape[1])
 
     def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -499,6 +575,6 @@ def _merge(a: _Batch, b: _Batch, adapter: Any) -> _Batch:
         ],
         mask=torch.cat([pad(a.mask, 1), pad(b.mask, 1)]),
         pos=torch.cat([a.pos, b.pos]),
-        images=adapter.stack_images([a.images, b.images]),
+        images=images if images is not None else adapter.stack_images([a.images, b.images]),
         next_tokens=torch.cat([a.next_tokens, b.next_tokens]),
     )

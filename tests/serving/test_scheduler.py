@@ -80,9 +80,11 @@ def test_batched_greedy_answers_equal_single_answers_token_for_token(tiny_checkp
     engine.close()
 
 
-def test_newcomers_join_a_running_batch_in_one_forward_and_answer_as_alone(tiny_checkpoint):
+@pytest.mark.parametrize("apart", [False, True], ids=["mixed", "apart"])
+def test_newcomers_join_a_running_batch_and_answer_as_alone(tiny_checkpoint, apart):
     """A request arriving while others decode has its prompt run in the same forward as their next
-    tokens (a mixed step), and every answer, the running ones' and the newcomers', is unchanged."""
+    tokens (a mixed step) or in one of its own (where the fitted cost says that is cheaper), and
+    every answer, the running ones' and the newcomers', is unchanged either way."""
     long = GenerationSettings(max_new_tokens=30)
     images = [picture(40 + i) for i in range(5)]
     questions = QUESTIONS[:5]
@@ -90,6 +92,7 @@ def test_newcomers_join_a_running_batch_in_one_forward_and_answer_as_alone(tiny_
     single = [tokens(alone.submit(im, q, [], long)) for im, q in zip(images, questions)]
     alone.close()
     engine = fresh(tiny_checkpoint)
+    engine.scheduler.cost.cheaper_apart = lambda wasted: apart
     first = engine.submit(images[0], questions[0], [], long)
     stream = iter(first)
     next(stream)  # the first row is decoding now
@@ -97,8 +100,25 @@ def test_newcomers_join_a_running_batch_in_one_forward_and_answer_as_alone(tiny_
     for _ in stream:
         pass
     assert [first.tokens] + [tokens(r) for r in later] == single
-    assert engine.scheduler.mixed_steps >= 1
+    assert (engine.scheduler.split_steps if apart else engine.scheduler.mixed_steps) >= 1
+    assert (engine.scheduler.mixed_steps if apart else engine.scheduler.split_steps) == 0
     engine.close()
+
+
+def test_the_forward_cost_fit_tells_a_cpu_from_a_gpu():
+    """Forwards whose time grows with their positions (a CPU) pay for a second forward sooner than
+    padding; forwards of nearly fixed cost (a GPU) never do, and nothing is split before a fit."""
+    from mmchat.serving.scheduler import ForwardCost
+
+    cpu, gpu = ForwardCost(), ForwardCost()
+    assert not cpu.cheaper_apart(wasted=10_000)  # no forwards seen yet: mix
+    for positions in (16, 208, 16, 64, 16, 208):
+        cpu.add(positions, 0.010 + 0.00018 * positions)  # this machine: 12 ms decode, 47 ms prefill
+        gpu.add(positions, 0.015 + 0.000001 * positions)
+    fixed, per_position = cpu.fit()
+    assert fixed == pytest.approx(0.010) and per_position == pytest.approx(0.00018)
+    assert cpu.cheaper_apart(wasted=15 * 12) and not cpu.cheaper_apart(wasted=2 * 12)
+    assert not gpu.cheaper_apart(wasted=15 * 12)
 
 
 def test_per_request_settings_hold_inside_one_batch(engine):
