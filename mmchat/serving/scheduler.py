@@ -5,9 +5,9 @@ finished or were stopped and admits the newcomers: their prompts run together in
 starting from the keys/values of its conversation's earlier turns, when cached), either in the same
 forward as the running rows' next tokens or in one of their own, whichever the fitted cost of a
 forward says is cheaper (`ForwardCost`); then they join the running batch, whose per-layer
-keys/values are left-padded to one length and whose image keys/values sit in slots (`ImageSlots`). Each row keeps its own
-position ids, attention mask, image keys/values and sampling settings, so a batch answers exactly
-what each request alone would. Tokens go to each request's own queue as they are chosen.
+keys/values are left-padded to one length and whose image keys/values sit in slots (`ImageSlots`).
+Each row keeps its own position ids, attention mask, image keys/values and sampling settings, so a
+batch answers exactly what each request alone would. Tokens go to each request's own queue as they are chosen.
 
 Families that cannot run step by step (`adapter.batched` False) are answered one at a time on the
 same thread with the family's own `generate`; their heat-map pass runs there too, so nothing else
