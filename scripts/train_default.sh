@@ -55,3 +55,10 @@ python -m mmchat train --out runs/shapes-small-describe --init-from runs/shapes-
   --lr 2e-4 --warmup 100 --eval-every 600 --max-minutes 85 $crowded --more-variety --phrasing-v2 0.25 \
   --family-weights where=1 relation=3 count=6 query_size=0.75 describe=6 --answer-balanced --freeze-vision
 cp runs/shapes-small-count-8/final/world_gate.json runs/shapes-small-describe/final/
+# Stage 15 goes on teaching descriptions from stage 14: a description weighs the square root of its
+# length against a one-word answer (--answer-length-power 0.5, where stage 14 weighed every answer
+# alike), describe at weight 3; ended by --max-minutes 80 at step 2,026 of the 2,600-step schedule.
+python -m mmchat train --out runs/shapes-small-describe-2 --init-from runs/shapes-small-describe/final --seed 18 --steps 2600 \
+  --lr 1.5e-4 --warmup 50 --max-minutes 80 $crowded --eval-every 2600 --save-every 650 --more-variety --phrasing-v2 0.25 \
+  --family-weights where=1 relation=3 count=6 query_size=0.75 describe=3 --answer-balanced --answer-length-power 0.5 --freeze-vision
+cp runs/shapes-small-describe/final/world_gate.json runs/shapes-small-describe-2/final/
