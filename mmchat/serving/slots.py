@@ -21,7 +21,7 @@ class ImageSlots:
         self.buffers: list[torch.Tensor] | None = None
         self.template: Any = None
         self.n = 0
-        self.current: Any = None  # the state `view()` last gave: the batch that owns the slots holds it
+        self.current: Any = None  # the view last handed out: the batch that owns the slots holds it
 
     def clear(self) -> None:
         self.buffers, self.template, self.n, self.current = None, None, 0, None
