@@ -38,6 +38,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--device", default=env("MMCHAT_DEVICE", "auto"), help="auto, cpu, cuda or cuda:N (env MMCHAT_DEVICE)"
     )
+    parser.add_argument(
+        "--dtype",
+        default=env("MMCHAT_DTYPE", "auto"),
+        choices=["auto", "bfloat16", "float32"],
+        help="weights' precision where not quantized; auto: bfloat16 on a GPU or a CPU with AMX, else float32 (env MMCHAT_DTYPE)",
+    )
     # Spaces and containers set GRADIO_SERVER_NAME=0.0.0.0; locally, stay off the network.
     parser.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"), help="address to listen on")
     parser.add_argument(
@@ -85,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # On ZeroGPU each answer has the GPU only inside its own `spaces.GPU` call: no scheduler thread.
         engine = ChatEngine.from_pretrained(
-            args.model, quantization=args.quantization, device=args.device, threaded=not zero_gpu()
+            args.model, quantization=args.quantization, device=args.device, dtype=args.dtype, threaded=not zero_gpu()
         )
     except LoadError as e:
         print(f"mmchat: cannot start: {e}", file=sys.stderr)

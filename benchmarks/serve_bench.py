@@ -49,6 +49,11 @@ from mmchat.serving.process import configure_process  # noqa: E402
 SETTINGS = GenerationSettings(max_new_tokens=16)
 
 
+def today_dtype(device: str, quantization: str) -> str:
+    """How the app loaded the model before it chose bf16 on AMX CPUs: fp32 on a CPU, else as now."""
+    return "float32" if device == "cpu" and quantization == "none" else "auto"
+
+
 # --------------------------------------------------------------------------- today's path
 
 
@@ -263,9 +268,8 @@ def engine_ask(engine: Any, tokenizer: Any, overlay: bool = True) -> Callable:
 # --------------------------------------------------------------------------- FLOPs and the compute limit
 
 
-def matmul_flops_per_s(device: str = "cpu", n: int = 1024, repeats: int = 20) -> float:
-    """The matmul FLOP/s this device reaches now (fp32 on a CPU, bf16 on a GPU): the compute limit."""
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+def matmul_flops_per_s(device: str = "cpu", dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 20) -> float:
+    """The matmul FLOP/s this device reaches now in the dtype the model computes in: the compute limit."""
     n = n if device == "cpu" else 8192
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -366,10 +370,10 @@ def app_ask(url: str, convs: list[tuple[Image.Image, list[str]]], folder: Path) 
 
 
 def serve_legacy(model: str, device: str, port: int) -> None:
-    """`--serve-legacy`: the app as it was (LegacyEngine, one at a time), for the app baseline."""
+    """`--serve-legacy`: the app as it was (LegacyEngine, one at a time, fp32 on a CPU), for the app baseline."""
     from mmchat.serving.ui import build_demo
 
-    demo = build_demo(LegacyEngine(load_model(model, quantization="none", device=device)), examples=[])
+    demo = build_demo(LegacyEngine(load_model(model, quantization="none", device=device, dtype=today_dtype(device, "none"))), examples=[])
     demo.queue(default_concurrency_limit=1, max_size=256)
     demo.launch(server_name="127.0.0.1", server_port=port, max_threads=80)
 
@@ -436,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", choices=["tiny", "real"], default="real", help="for --family blip/mllama")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quantization", default="none", choices=["none", "nf4", "int8"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                   help="the engine's and the app's weights (auto: as the app picks); today's path keeps fp32 on a CPU")
     p.add_argument("--users", type=int, nargs="+", default=[1, 4, 16, 32])
     p.add_argument("--turns", type=int, default=3)
     p.add_argument("--baseline-users", type=int, nargs="+", default=[1, 16])
@@ -454,17 +460,22 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     model = args.model if args.family == "mmchat" else build_family(args.family, args.size, args.device, work / args.family)
-    adapter = load_model(model, quantization=args.quantization, device=args.device)
+    adapter = load_model(model, quantization=args.quantization, device=args.device, dtype=args.dtype)
     tokenizer = adapter.tokenizer
+    old_dtype = today_dtype(args.device, args.quantization)
+    today = adapter if old_dtype == "auto" or adapter.dtype_name == old_dtype else load_model(
+        model, quantization=args.quantization, device=args.device, dtype=old_dtype
+    )
     print(
-        f"model {model} ({args.family}, {args.quantization}, {args.device}); {os.cpu_count()} CPUs, "
+        f"model {model} ({args.family}, {args.quantization}, {adapter.dtype_name}, {args.device}; today's path "
+        f"{today.dtype_name}); {os.cpu_count()} CPUs, "
         f"{torch.get_num_threads()} torch threads, GIL switch interval {sys.getswitchinterval() * 1000:g} ms; load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
     rows: list[tuple[str, int, dict[str, Any]]] = []
     results: dict[str, dict[int, dict[str, Any]]] = {"legacy": {}, "engine": {}}
 
-    legacy = LegacyEngine(adapter)
+    legacy = LegacyEngine(today)
     convs_all = conversations(max(args.users + args.baseline_users), args.turns)
     legacy.answer(convs_all[0][0], convs_all[0][1][0])  # warm-up
     for n in args.baseline_users:
@@ -507,12 +518,13 @@ def main(argv: list[str] | None = None) -> int:
             mixed += legacy.answer(image, questions[k], history) != answer
 
     flops = engine_flops_per_answer(engine, conversations(2, args.turns, seed=99)) if adapter.batched else None
-    peak = matmul_flops_per_s(args.device)
+    peak = matmul_flops_per_s(args.device, adapter.model.dtype)
     engine.close()
 
     app_rows: list[tuple[str, int, dict[str, Any]]] = []
     if args.app:
-        app_cmd = [sys.executable, "app.py", "--model", model, "--device", args.device, "--quantization", args.quantization, "--threads", str(args.threads)]
+        app_cmd = [sys.executable, "app.py", "--model", model, "--device", args.device, "--quantization", args.quantization,
+                   "--dtype", args.dtype, "--threads", str(args.threads)]
         legacy_cmd = [sys.executable, __file__, "--model", model, "--device", args.device, "--threads", str(args.threads), "--serve-legacy"]
         for name, cmd in (("app, today", legacy_cmd), ("app", [*app_cmd, "--port"])):
             process, url = serve(cmd, work)
@@ -555,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     best = max(r["answers_s"] for r in eng.values())
     if flops:
         print(
-            f"compute: {flops / 1e6:.1f} MFLOP per answer (engine, counted), matmul {peak / 1e9:.1f} GFLOP/s measured; "
+            f"compute: {flops / 1e6:.1f} MFLOP per answer (engine, counted), {adapter.dtype_name} matmul {peak / 1e9:.1f} GFLOP/s measured; "
             f"saturated {best:.1f} answers/s = {best * flops / peak:.1%} of the compute limit (target >= 25%)"
         )
     if "app" in results and "app, today" in results:

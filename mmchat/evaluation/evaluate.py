@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..data.vqa import VQAExample, load_vqa
 from ..serving.engine import ChatEngine, GenerationSettings, LoadError, ServingError
 from ..serving.images import load_image
-from ..serving.loading import DEFAULT_MODEL, QUANTIZATIONS
+from ..serving.loading import DEFAULT_MODEL, DTYPES, QUANTIZATIONS
 from .v2_metrics import format_v2_scores, v2_scores
 from .vqa_metric import score_predictions
 
@@ -82,6 +82,7 @@ def results_record(scores: dict, args: argparse.Namespace, engine: ChatEngine) -
         "limit": args.limit,
         "quantization": getattr(adapter, "quantization", None),
         "device": getattr(adapter, "device_name", None),
+        "dtype": getattr(adapter, "dtype_name", None),
         "max_new_tokens": args.max_new_tokens,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--quantization", default="auto", choices=QUANTIZATIONS)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="weights' precision; auto: as the app picks it (bf16 on a GPU or an AMX CPU)")
     parser.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
     parser.add_argument("--blind", action="store_true", help="blank every image: the question-only baseline")
     parser.add_argument("--results-json", help="also write the scores and what they measured here (for `mmchat card`)")
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        engine = ChatEngine.from_pretrained(args.model, quantization=args.quantization, device=args.device)
+        engine = ChatEngine.from_pretrained(args.model, quantization=args.quantization, device=args.device, dtype=args.dtype)
         examples = load_vqa(args.data)
     except (LoadError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -87,9 +87,9 @@ class ChatEngine:
 
     @classmethod
     def from_pretrained(
-        cls, source: str | Path, quantization: str = "auto", device: str = "auto", **kwargs: Any
+        cls, source: str | Path, quantization: str = "auto", device: str = "auto", dtype: str = "auto", **kwargs: Any
     ) -> ChatEngine:
-        return cls(load_model(source, quantization=quantization, device=device), **kwargs)
+        return cls(load_model(source, quantization=quantization, device=device, dtype=dtype), **kwargs)
 
     def close(self) -> None:
         """End the scheduler thread (requests still queued get an error)."""
@@ -107,7 +107,10 @@ class ChatEngine:
         source = getattr(a, "source", "?")
         # A local folder is named, not its full path (which the public page need not show).
         name = Path(source).name if Path(source).is_dir() else source
-        return f"{name} · {a.family} · {getattr(a, 'quantization', '?')} on {getattr(a, 'device_name', a.device)} · {turns}"
+        quantization = getattr(a, "quantization", "?")
+        # Unquantized, the weights' precision is what there is to say.
+        precision = getattr(a, "dtype_name", quantization) if quantization == "none" else quantization
+        return f"{name} · {a.family} · {precision} on {getattr(a, 'device_name', a.device)} · {turns}"
 
     def check(self, image: Any, question: str | None) -> tuple[Image.Image, str]:
         """Validate the inputs; raises ChatInputError (or ImageInputError) with a readable message."""

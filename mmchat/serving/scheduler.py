@@ -7,7 +7,8 @@ forward as the running rows' next tokens or in one of their own, whichever the f
 forward says is cheaper (`ForwardCost`); then they join the running batch, whose per-layer
 keys/values are left-padded to one length and whose image keys/values sit in slots (`ImageSlots`).
 Each row keeps its own position ids, attention mask, image keys/values and sampling settings, so a
-batch answers exactly what each request alone would. Tokens go to each request's own queue as they are chosen.
+batch answers exactly what each request alone would (in fp32; in bf16 the rounding can move with the
+batch's shape, as on any GPU). Tokens go to each request's own queue as they are chosen.
 
 Families that cannot run step by step (`adapter.batched` False) are answered one at a time on the
 same thread with the family's own `generate`; their heat-map pass runs there too, so nothing else

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmchat.serving.loading import LoadError, load_model
+from mmchat.serving.loading import LoadError, cpu_has_amx_bf16, load_model, resolve_dtype
 
 
 def logits(adapter, seed: int = 0) -> torch.Tensor:
@@ -18,7 +18,7 @@ def logits(adapter, seed: int = 0) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def full(tiny_checkpoint):
-    return load_model(tiny_checkpoint, quantization="none", device="cpu")
+    return load_model(tiny_checkpoint, quantization="none", device="cpu", dtype="float32")
 
 
 @pytest.mark.parametrize("mode, min_cosine, max_share", [("nf4", 0.95, 0.30), ("int8", 0.995, 0.45)])
@@ -41,6 +41,29 @@ def test_auto_picks_the_gpu_in_nf4_or_the_cpu_in_full_precision(full, tiny_check
     assert (adapter.quantization, adapter.device_name) == expected
 
 
+def test_cpu_precision_follows_the_hardware(tiny_checkpoint, full):
+    """bf16 weights where the CPU multiplies bf16 in hardware (AMX), fp32 elsewhere; either on request."""
+    auto = load_model(tiny_checkpoint, quantization="none", device="cpu")
+    expected = torch.bfloat16 if cpu_has_amx_bf16() else torch.float32
+    assert auto.model.dtype == expected and auto.dtype_name == str(expected).removeprefix("torch.")
+    assert full.model.dtype == torch.float32
+    forced = load_model(tiny_checkpoint, quantization="none", device="cpu", dtype="bfloat16")
+    assert forced.model.dtype == torch.bfloat16
+    # bf16 weights answer as fp32 ones do, nearly: the same greedy token at most positions.
+    ref, got = logits(full), logits(forced)
+    assert (ref.argmax(-1) == got.argmax(-1)).float().mean() > 0.9
+    # Families not measured in bf16 (BLIP, Mllama) stay fp32 on every CPU.
+    assert resolve_dtype("auto", "cpu", "none", cpu_bf16=False) == torch.float32
+
+
+def test_amx_is_read_from_the_cpu_flags(tmp_path):
+    with_amx, without = tmp_path / "amx", tmp_path / "plain"
+    with_amx.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
+    assert cpu_has_amx_bf16(with_amx) and not cpu_has_amx_bf16(without)
+    assert not cpu_has_amx_bf16(tmp_path / "missing")  # not Linux: full precision
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU, so device='cuda' is valid")
 def test_cuda_without_a_gpu_says_so(tiny_checkpoint):
     with pytest.raises(LoadError, match="no CUDA GPU"):
@@ -52,6 +75,8 @@ def test_cuda_without_a_gpu_says_so(tiny_checkpoint):
     [
         ({"quantization": "fp3"}, "Unknown quantization 'fp3'"),
         ({"device": "tpu"}, "Unknown device"),
+        ({"dtype": "float16"}, "Unknown dtype 'float16'"),
+        ({"dtype": "float32", "quantization": "nf4"}, "computes in bfloat16"),
     ],
 )
 def test_bad_combinations_get_clear_errors(tiny_checkpoint, kwargs, message):

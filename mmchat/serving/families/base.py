@@ -49,6 +49,9 @@ class FamilyAdapter:
     # `encode_images`, `stack_images`, `select_images`, `step`); False: one `generate` at a time.
     batched: ClassVar[bool] = False
     skip_modules: ClassVar[dict[str, list[str]]] = {}
+    # True: on a CPU with AMX, "auto" loads it in bf16 (`loading.resolve_dtype`); only where that
+    # was measured to give the fp32 answers. False: fp32 on every CPU.
+    cpu_bf16: ClassVar[bool] = False
     streams_itself: ClassVar[bool] = False
     remote: ClassVar[bool] = False
     default_concurrency: ClassVar[int] = 64
