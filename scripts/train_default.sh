@@ -62,3 +62,11 @@ python -m mmchat train --out runs/shapes-small-describe-2 --init-from runs/shape
   --lr 1.5e-4 --warmup 50 --max-minutes 80 $crowded --eval-every 2600 --save-every 650 --more-variety --phrasing-v2 0.25 \
   --family-weights where=1 relation=3 count=6 query_size=0.75 describe=3 --answer-balanced --answer-length-power 0.5 --freeze-vision
 cp runs/shapes-small-describe/final/world_gate.json runs/shapes-small-describe-2/final/
+# Stage 16 goes on from stage 15 with crowded scenes drawn more often (5 and 6 objects at weight 3,
+# where stage 15's descriptions erred most) and describe at weight 4; ended by --max-minutes 85 at
+# step 1,658 of the 3,000-step schedule.
+python -m mmchat train --out runs/shapes-small-describe-3 --init-from runs/shapes-small-describe-2/final --seed 19 --steps 3000 \
+  --lr 1.5e-4 --warmup 50 --max-minutes 85 $count --eval-every 3000 --save-every 750 --more-variety --phrasing-v2 0.25 \
+  --object-weights 4=1.5 5=3 6=3 --family-weights where=1 relation=3 count=6 query_size=0.75 describe=4 \
+  --answer-balanced --answer-length-power 0.5 --freeze-vision
+cp runs/shapes-small-describe-2/final/world_gate.json runs/shapes-small-describe-3/final/

@@ -199,7 +199,6 @@ class ChatEngine:
         history: list[Turn],
         settings: GenerationSettings | None,
         stop_event: threading.Event | None,
-        encode_here: bool = True,
     ) -> Reply:
         """`submit` for an image already checked, whose `_image_key` is `key`."""
         settings = settings or GenerationSettings()
@@ -221,7 +220,7 @@ class ChatEngine:
             inputs=inputs,
             cancel=stop_event or threading.Event(),
         )
-        return Reply(self, self.scheduler.submit(request, encode_here=encode_here))
+        return Reply(self, self.scheduler.submit(request))
 
     def stream(
         self,
@@ -288,8 +287,7 @@ class ChatEngine:
         if not kept:
             return answers
         if self.adapter.batched:
-            # Submitted all at once: the scheduler encodes their images in batches.
-            replies = [self._enqueue(asked[i][0], keys[i], asked[i][1], [], settings, None, encode_here=False) for i in kept]
+            replies = [self._enqueue(asked[i][0], keys[i], asked[i][1], [], settings, None) for i in kept]
             found = [reply.text() for reply in replies]
         else:
             kwargs = settings.generate_kwargs()

@@ -61,8 +61,6 @@ class Request:
     settings: GenerationSettings  # per request inside a shared batch: greedy or sampling, temperature, top-p, max tokens
     # For families answered one at a time: the model inputs, made by the family.
     inputs: dict[str, torch.Tensor] | None = None
-    # For batched families: the image's state, encoded on the sender's thread (`Scheduler.submit`).
-    image_state: Any = None
     cancel: threading.Event = field(default_factory=threading.Event)
     out: queue.Queue = field(default_factory=queue.Queue)
     tokens: list[int] = field(default_factory=list)
@@ -138,7 +136,6 @@ class Scheduler:
         self.eos = set(adapter.eos_token_ids())
         self.pad = adapter.pad_token_id()
         self._queue: queue.Queue = queue.Queue()
-        self._encoding = threading.Lock()  # one image encode at a time beside the scheduler thread
         self._batch: _Batch | None = None
         self._lock = threading.Lock()  # inline: one caller runs a round at a time
         self.steps = self.prefills = self.mixed_steps = self.split_steps = 0
@@ -151,37 +148,9 @@ class Scheduler:
 
     # ---- called from any thread ----
 
-    def submit(self, request: Request, encode_here: bool = True) -> Request:
-        """Queue `request`; `encode_here`: a new image is encoded on this thread first (see `_encode_here`),
-        else by the scheduler, with the other newcomers' images in one batch (a caller submitting many at once)."""
-        if self.adapter.batched and encode_here:
-            request.image_state = self._encode_here(request)
+    def submit(self, request: Request) -> Request:
         self._queue.put(("request", request))
         return request
-
-    def _encode_here(self, request: Request) -> Any:
-        """The request's image state, from the cache or encoded now on the sender's thread.
-
-        A new image's ViT pass then runs beside the scheduler's forwards, on a core the scheduler
-        thread does not use (it runs one torch thread), instead of between them: at 16 users on this
-        2-core CPU the encodes were a quarter of the scheduler thread's time. One encode at a time,
-        so that many newcomers at once do not crowd the scheduler out of its core. A failure here
-        leaves it to the scheduler, which reports it to this request alone.
-        """
-        state = self.images.get(request.image_key)
-        if state is not None:
-            return state
-        try:
-            with self._encoding:
-                state = self.images.get(request.image_key)  # another sender may have just encoded it
-                if state is None:
-                    with torch.inference_mode():
-                        state = self.adapter.encode_images([request.image])[0]
-                    self.images.put(request.image_key, state)
-        except Exception:
-            logger.exception("image encode beside the scheduler failed; the scheduler will retry it")
-            return None
-        return state
 
     def call(self, fn: Callable[[], Any], timeout_s: float | None = None) -> Any:
         """Run `fn` on the scheduler thread (between steps) and return its result or raise its error."""
@@ -367,7 +336,7 @@ class Scheduler:
 
     def _image_states(self, requests: list[Request]) -> list[Any]:
         """Each request's image state: from the cache, or encoded now (the misses in one batch)."""
-        states = {r.image_key: r.image_state if r.image_state is not None else self.images.get(r.image_key) for r in requests}
+        states = {r.image_key: self.images.get(r.image_key) for r in requests}
         missing = {r.image_key: r.image for r in requests if states[r.image_key] is None}
         if missing:
             encoded = self.adapter.encode_images(list(missing.values()))

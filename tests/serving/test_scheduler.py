@@ -10,10 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mmchat.serving.engine import ChatEngine, GenerationSettings, Reply
+from mmchat.serving.engine import ChatEngine, GenerationSettings
 from mmchat.serving.families import Turn
 from mmchat.serving.overlay import overlay_attention
-from mmchat.serving.scheduler import Request
 
 GREEDY = GenerationSettings(max_new_tokens=12)
 QUESTIONS = [
@@ -81,32 +80,6 @@ def test_batched_greedy_answers_equal_single_answers_token_for_token(tiny_checkp
     assert batched == single
     assert engine.scheduler.steps < sum(len(tokens) for _, tokens in single)  # rows did share steps
     engine.close()
-
-
-def test_a_new_image_is_encoded_on_the_senders_thread_beside_the_scheduler(tiny_checkpoint):
-    """The ViT pass of a user's new image runs on that user's thread, so the scheduler thread goes on
-    with the running batch meanwhile; a follow-up reuses it; the answers are those the scheduler gives
-    when it encodes the image itself (as it does for `answer_batch`, whose images go in one batch)."""
-    engine = fresh(tiny_checkpoint)
-    threads: list[str] = []
-    engine.adapter.model.vision_model.register_forward_hook(lambda m, i, o: threads.append(threading.current_thread().name))
-    image = picture(70)
-    first = engine.submit(image, QUESTIONS[0], [], GREEDY)
-    assert threads == [threading.current_thread().name]  # encoded before submit returned, here
-    answer = first.text()
-    engine.submit(image, QUESTIONS[1], [Turn(QUESTIONS[0], answer)], GREEDY).text()
-    assert len(threads) == 1  # the follow-up found it cached
-    batch = engine.answer_batch([picture(71), picture(72)], QUESTIONS[:2], GREEDY)
-    assert set(threads[1:]) == {"mmchat-scheduler"}  # answer_batch's images: encoded there, batched as they come
-    engine.close()
-
-    other = fresh(tiny_checkpoint)
-    reply = other.scheduler.submit(
-        Request(prompt=first.request.prompt, image=image, image_key=first.request.image_key, settings=GREEDY), encode_here=False
-    )
-    assert tokens(Reply(other, reply)) == first.tokens
-    assert other.answer_batch([picture(71), picture(72)], QUESTIONS[:2], GREEDY) == batch
-    other.close()
 
 
 @pytest.mark.parametrize("apart", [False, True], ids=["mixed", "apart"])
