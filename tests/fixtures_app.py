@@ -50,8 +50,11 @@ def wait_until_serving(url: str, process: subprocess.Popen, log: Path, timeout_s
 
 @pytest.fixture(scope="session")
 def engine(tiny_checkpoint: str) -> ChatEngine:
-    """The same model the app serves, in this process: the reference answers come from it."""
-    return ChatEngine.from_pretrained(tiny_checkpoint, quantization="none", device="cpu")
+    """The same model the app serves, in this process: the reference answers come from it.
+
+    fp32, here and in `running_app`: the tests compare answers token for token, and a random model's
+    near-ties would follow bf16's rounding, which moves with a batch's shape."""
+    return ChatEngine.from_pretrained(tiny_checkpoint, quantization="none", device="cpu", dtype="float32")
 
 
 def stop_process(process: subprocess.Popen) -> None:
@@ -98,5 +101,5 @@ def serve_app(args: list[str], folder: Path, port: int | None = None, app_dir: P
 @pytest.fixture(scope="session")
 def running_app(tiny_checkpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`python app.py` serving the tiny checkpoint on a free port; yields its URL."""
-    with serve_app(["--model", tiny_checkpoint], tmp_path_factory.mktemp("app")) as url:
+    with serve_app(["--model", tiny_checkpoint, "--dtype", "float32"], tmp_path_factory.mktemp("app")) as url:
         yield url

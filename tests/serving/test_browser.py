@@ -141,7 +141,7 @@ def test_a_saved_conversation_survives_a_reload_and_a_restart(
         bot = page.locator("[data-testid=bot]")
         saved = page.get_by_text(f"📎 {question}")  # the side list names a chat by its first question
         # Both starts share the upload folder, as one machine's app does (the restart empties it).
-        with serve_app(["--model", tiny_checkpoint], tmp_path, port) as url:
+        with serve_app(["--model", tiny_checkpoint, "--dtype", "float32"], tmp_path, port) as url:
             page.goto(url)
             page.locator("input[type=file]").set_input_files(str(image))
             expect(page.locator("button[data-testid=submit-button]")).to_be_enabled(timeout=TIMEOUT_MS)
@@ -160,7 +160,7 @@ def test_a_saved_conversation_survives_a_reload_and_a_restart(
         # Uploads live a day; a restart on the same machine keeps them, and a follow-up is then
         # answered. Here they are gone (a day later, or a new machine): the chat is still shown.
         shutil.rmtree(tmp_path / "gradio")
-        with serve_app(["--model", tiny_checkpoint], tmp_path, port) as url:
+        with serve_app(["--model", tiny_checkpoint, "--dtype", "float32"], tmp_path, port) as url:
             page.goto(url)
             saved.click()
             expect(bot.get_by_text("Where the model looked")).to_be_visible(timeout=TIMEOUT_MS)
