@@ -372,12 +372,10 @@ def app_ask(url: str, convs: list[tuple[Image.Image, list[str]]], folder: Path) 
 def serve_legacy(model: str, device: str, port: int) -> None:
     """`--serve-legacy`: the app as it was (LegacyEngine, one at a time, fp32 on a CPU, its heat-map
     saved as PNG), for the app baseline."""
-    from mmchat.serving import ui
     from mmchat.serving.ui import build_demo
 
-    ui.OVERLAY_FORMAT = "png"  # this process serves only the baseline
-
-    demo = build_demo(LegacyEngine(load_model(model, quantization="none", device=device, dtype=today_dtype(device, "none"))), examples=[])
+    legacy = LegacyEngine(load_model(model, quantization="none", device=device, dtype=today_dtype(device, "none")))
+    demo = build_demo(legacy, examples=[], overlay_format="png")
     demo.queue(default_concurrency_limit=1, max_size=256)
     demo.launch(server_name="127.0.0.1", server_port=port, max_threads=80)
 

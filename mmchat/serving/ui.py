@@ -231,7 +231,9 @@ def mark_stopped(chat: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
     return chat, chat
 
 
-def _overlay_message(engine: ChatEngine, image: str, question: str, answer: str, turns: list[Turn]) -> dict | None:
+def _overlay_message(
+    engine: ChatEngine, image: str, question: str, answer: str, turns: list[Turn], image_format: str = OVERLAY_FORMAT
+) -> dict | None:
     """The attention overlay as a chat message holding an image file, or None."""
     try:
         overlay = engine.attention_overlay(image, question, answer, turns)
@@ -241,7 +243,7 @@ def _overlay_message(engine: ChatEngine, image: str, question: str, answer: str,
     if overlay is None:
         return None
     # Written straight into Gradio's upload folder: served from there and removed by `delete_cache`.
-    path = save_pil_to_cache(overlay, cache_dir=get_upload_folder(), name="attention", format=OVERLAY_FORMAT)
+    path = save_pil_to_cache(overlay, cache_dir=get_upload_folder(), name="attention", format=image_format)
     return {"role": "assistant", "content": [{"path": path, "alt_text": OVERLAY_ALT}, OVERLAY_CAPTION]}
 
 
@@ -302,11 +304,14 @@ def _description(engine: ChatEngine) -> str:
     return "\n\n".join(lines)
 
 
-def build_demo(engine: ChatEngine, examples: list[dict[str, Any]] | None = None) -> gr.Blocks:
+def build_demo(
+    engine: ChatEngine, examples: list[dict[str, Any]] | None = None, overlay_format: str = OVERLAY_FORMAT
+) -> gr.Blocks:
     """The chat app around `engine` (anything with `stream`, `attention_overlay`, `describe`, `adapter`).
 
     `examples` are multimodal messages (`{"text", "files"}`); by default those in `assets/`.
-    Call `.queue(...)` and `.launch()` on the result.
+    `overlay_format`: the file format the heat-map is saved in (JPEG; the serving benchmark's
+    baseline app keeps the PNG it had). Call `.queue(...)` and `.launch()` on the result.
     """
     examples = load_examples() if examples is None else examples
     defaults = GenerationSettings()
@@ -358,7 +363,7 @@ def build_demo(engine: ChatEngine, examples: list[dict[str, Any]] | None = None)
             )
         # A description gets a map per object it named; any other answer one map.
         overlay = _panels_message(engine, image, question, answer, turns)
-        overlay = overlay or _overlay_message(engine, image, question, answer, turns)
+        overlay = overlay or _overlay_message(engine, image, question, answer, turns, overlay_format)
         yield [answer, *([overlay] if overlay else []), *(f"{INFO} {note}" for note in notes)]
 
     # All GPU work of a turn (generation and the attention picture) happens inside `respond`.
