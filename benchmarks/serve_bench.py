@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from mmchat.data.shapes import render_scene, sample_question, sample_scene  # noqa: E402
 from mmchat.serving.engine import ChatEngine, GenerationSettings  # noqa: E402
 from mmchat.serving.families import FamilyAdapter, Turn  # noqa: E402
-from mmchat.serving.loading import load_model  # noqa: E402
+from mmchat.serving.loading import DTYPES, load_model  # noqa: E402
 from mmchat.serving.overlay import overlay_attention  # noqa: E402
 from mmchat.serving.process import configure_process  # noqa: E402
 
@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", choices=["tiny", "real"], default="real", help="for --family blip/mllama")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quantization", default="none", choices=["none", "nf4", "int8"])
-    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+    p.add_argument("--dtype", default="auto", choices=DTYPES,
                    help="the engine's and the app's weights (auto: as the app picks); today's path keeps fp32 on a CPU")
     p.add_argument("--users", type=int, nargs="+", default=[1, 4, 16, 32])
     p.add_argument("--turns", type=int, default=3)

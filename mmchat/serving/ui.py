@@ -232,7 +232,7 @@ def mark_stopped(chat: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
 
 
 def _overlay_message(
-    engine: ChatEngine, image: str, question: str, answer: str, turns: list[Turn], image_format: str = OVERLAY_FORMAT
+    engine: ChatEngine, image: str, question: str, answer: str, turns: list[Turn], image_format: str
 ) -> dict | None:
     """The attention overlay as a chat message holding an image file, or None."""
     try:
