@@ -384,10 +384,13 @@ def serve_legacy(model: str, device: str, port: int) -> None:
 
 
 def build_family(family: str, size: str, device: str, folder: Path) -> str:
-    """BLIP VQA or Llama 3.2 Vision with random weights, saved to `folder`: at the real checkpoints'
-    dimensions (`BlipConfig()`: blip-vqa-base; `MllamaConfig()`: Llama-3.2-11B-Vision), or the tests'
-    tiny ones. The tokenizers are the tests' offline ones (small vocabularies; the embedding tables
-    keep their real size)."""
+    """BLIP VQA or Llama 3.2 Vision with random weights, saved to `folder` (reused if it holds one): at
+    the real checkpoints' dimensions (`BlipConfig()`: blip-vqa-base; `MllamaConfig()`:
+    Llama-3.2-11B-Vision), or the tests' tiny ones. The tokenizers are the tests' offline ones (small
+    vocabularies; the embedding tables keep their real size, and the logits of ids the tokenizer lacks
+    are pinned to 0 so that the answers decode)."""
+    if (folder / "config.json").exists():
+        return str(folder)
     sys.path.insert(0, str(ROOT / "tests" / "serving"))
     from test_families import blip_model, blip_processor, mllama_model, mllama_processor
     from transformers import BlipConfig, BlipForQuestionAnswering, MllamaConfig, MllamaForConditionalGeneration
@@ -397,7 +400,19 @@ def build_family(family: str, size: str, device: str, folder: Path) -> str:
     if size == "tiny":
         model = blip_model(processor) if family == "blip" else mllama_model(processor)
     else:
-        config = BlipConfig() if family == "blip" else MllamaConfig()
+        token_id = processor.tokenizer.convert_tokens_to_ids
+        if family == "blip":
+            config = BlipConfig()
+            processor.image_processor.size = {"height": config.vision_config.image_size, "width": config.vision_config.image_size}
+        else:
+            config = MllamaConfig()
+            config.image_token_index = token_id("<|image|>")
+            text = config.text_config
+            text.bos_token_id = token_id("<|begin_of_text|>")
+            text.eos_token_id = [token_id("<|eot_id|>"), token_id("<|end_of_text|>")]
+            text.pad_token_id = token_id("<|finetune_right_pad_id|>")
+            side = config.vision_config.image_size  # 560 px tiles, as the real processor makes them
+            processor.image_processor.size = {"height": side, "width": side}
         model_class = BlipForQuestionAnswering if family == "blip" else MllamaForConditionalGeneration
         # Built in bf16 on the target device: 11B random weights in fp32 on a CPU would take 44 GB.
         torch.set_default_dtype(torch.bfloat16)
@@ -406,6 +421,10 @@ def build_family(family: str, size: str, device: str, folder: Path) -> str:
                 model = model_class(config)
         finally:
             torch.set_default_dtype(torch.float32)
+        with torch.no_grad():
+            model.get_output_embeddings().weight[len(processor.tokenizer):] = 0
+        if family == "mllama":
+            model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return str(folder)
@@ -451,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads, for every path (0: torch's default)")
     p.add_argument("--switch-interval", type=float, default=0.0005,
                    help="sys.setswitchinterval for every path, as `python app.py` sets it (0: Python's 5 ms)")
+    p.add_argument("--family-dir", help="for --family blip/mllama: build the model here, or reuse the one built there")
+    p.add_argument("--build-only", action="store_true", help="build the --family model into --family-dir and exit")
+    p.add_argument("--heat-convs", type=int, default=4, help="lone conversations per heat-map cost run (two runs)")
     p.add_argument("--json", help="write every figure here")
     p.add_argument("--serve-legacy", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -461,7 +483,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
-    model = args.model if args.family == "mmchat" else build_family(args.family, args.size, args.device, work / args.family)
+    model = args.model if args.family == "mmchat" else build_family(
+        args.family, args.size, args.device, Path(args.family_dir) if args.family_dir else work / args.family
+    )
+    if args.build_only:
+        print(f"built {model}")
+        return 0
     adapter = load_model(model, quantization=args.quantization, device=args.device, dtype=args.dtype)
     tokenizer = adapter.tokenizer
     old_dtype = today_dtype(args.device, args.quantization)
@@ -501,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     bare.answer(convs_all[0][0], convs_all[0][1][0])
     heat_costs = []
     for rep in range(2):
-        lone = conversations(4, args.turns, seed=7 + rep)
+        lone = conversations(args.heat_convs, args.turns, seed=7 + rep)
         without, with_ = [], []
         for conv in lone:
             without += [r["latency"] for r in run_users(engine_ask(bare, tokenizer, overlay=False), [conv])["records"]]
@@ -563,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio("engine follow-up turn / first turn (lone user, medians)", lone_e["follow"] / lone_e["first"], "<= 0.6x")
         ratio("today follow-up turn / first turn", base["follow"] / base["first"], "(before: ~1x)")
     for i, cost in enumerate(heat_costs):
-        ratio(f"heat-map cost on top of the answer (lone user, 4 conversations, run {i + 1}; recording + drawing)", cost, "<= 0.10")
+        ratio(f"heat-map cost on top of the answer (lone user, {args.heat_convs} conversations, run {i + 1}; recording + drawing)", cost, "<= 0.10")
     ratio("today heat-map cost on top of the answer", base["heat"] / (base["p50"] - base["heat"]), "(before)")
     print(f"answers that differ from today's path (greedy, {len(check)} compared): {mixed} (target 0)")
     best = max(r["answers_s"] for r in eng.values())

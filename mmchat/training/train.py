@@ -140,6 +140,7 @@ class TrainConfig:
     resume: bool = False
     stop_at: int = 0  # stop with a checkpoint here, on the --steps schedule; --resume goes on (e.g. with a new mix)
     max_minutes: float = 0.0  # end the run (saving final) once training has run this long; 0: no limit
+    decay_by_time: bool = False  # with --max-minutes: the cosine follows the clock too, so it ends with the time box
     centre_loss: float = 0.0  # weight of the auxiliary object-centre loss on the patches (mmchat.training.centres); 0: off
     answer_balanced: bool = False  # every answer weighs the same in the loss, however long (mmchat.training.balanced)
     answer_length_power: float = 1.0  # with --answer-balanced: a token weighs 1 / (its answer's length) ** this
@@ -222,11 +223,17 @@ def parse_object_weights(items: list[str]) -> dict[int, float] | None:
     return _key_weights(items, int, "--object-weights takes COUNT=WEIGHT", object_count_weights)
 
 
-def lr_lambda(cfg: TrainConfig):
+def lr_lambda(cfg: TrainConfig, elapsed_s: Callable[[], float] | None = None):
+    """Linear warm-up, then a cosine to `min_lr_ratio` over the steps; with `decay_by_time` (and a clock),
+    over whichever ends first, the steps or the --max-minutes box (on a GPU nobody knows the step rate
+    before the run)."""
     def f(step: int) -> float:
         if step < cfg.warmup:
             return (step + 1) / cfg.warmup
-        progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        if cfg.decay_by_time and cfg.max_minutes and elapsed_s is not None:
+            progress = max(progress, elapsed_s() / (60 * cfg.max_minutes))
+        progress = min(1.0, progress)
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return f
 
@@ -349,7 +356,8 @@ def train(cfg: TrainConfig) -> Path:
          {"params": gates, "weight_decay": 0.0, "lr": cfg.lr * cfg.gate_lr_scale}],
         lr=cfg.lr, betas=(0.9, 0.98),
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    t_schedule = time.time()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, lambda: time.time() - t_schedule))
     # The loader is endless and already different per process by its seed, so it is not prepared.
     # The scheduler is not prepared: accelerate would step it once per process per step, and --steps
     # and --warmup count optimizer steps whatever the number of processes. It steps below, once per

@@ -55,6 +55,20 @@ def test_a_run_stops_early_on_its_schedule_and_resumes_with_a_new_mix(tmp_path):
     assert (out / "final").exists()
 
 
+def test_decay_by_time_ends_the_cosine_with_the_time_box():
+    """On a GPU the step rate is unknown before the run: the LR reaches its floor when --max-minutes does."""
+    cfg = TrainConfig(steps=100_000, warmup=1, max_minutes=2.0, decay_by_time=True)
+    clock = {"s": 0.0}
+    schedule = lr_lambda(cfg, lambda: clock["s"])
+    assert schedule(10) == pytest.approx(1.0, abs=1e-3)  # early, by steps and by time
+    clock["s"] = 60.0  # half the box
+    assert schedule(10) == pytest.approx(cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5)
+    clock["s"] = 120.0
+    assert schedule(10) == pytest.approx(cfg.min_lr_ratio)
+    # Without the flag the clock is ignored.
+    assert lr_lambda(TrainConfig(steps=100_000, warmup=1, max_minutes=2.0), lambda: 120.0)(10) == pytest.approx(1.0, abs=1e-3)
+
+
 def test_alignment_stage_then_vqa(tmp_path):
     align, vqa = tmp_path / "align", tmp_path / "vqa"
     main(["--out", str(align), "--stage", "align", "--preset", "tiny", "--steps", "2", "--batch-size", "4",
