@@ -10,8 +10,11 @@ Each row keeps its own position ids, attention mask, image keys/values and sampl
 batch answers exactly what each request alone would (in fp32; in bf16 the rounding can move with the
 batch's shape, as on any GPU). Tokens go to each request's own queue as they are chosen.
 
-Families that cannot run step by step (`adapter.batched` False) are answered one at a time on the
-same thread with the family's own `generate`; their heat-map pass runs there too, so nothing else
+Families that cannot run step by step (`adapter.batched` False) are answered on the same thread with
+the family's own `generate`: the requests waiting at that moment with the same settings in one
+left-padded batch where the family can stack its inputs (`adapter.collate`: Mllama), else one at a
+time (BLIP). A batch's rows stream and end on their own (an end-of-turn token, or Stop), but no
+request joins a running `generate`. Their heat-map pass runs on that thread too, so nothing else
 uses the model meanwhile (Mllama switches its attention implementation model-wide to get weights).
 
 transformers' own continuous batching (`generate_batch`) serves text-only models from a paged cache;
@@ -212,8 +215,8 @@ class Scheduler:
             pass
         try:
             if not self.adapter.batched:
-                for request in newcomers:
-                    self._solo(request)
+                for group in self._groups(newcomers):
+                    self._generate(group)
                 return True
             self._drop_stopped()
             if newcomers and self._batch is not None:
@@ -477,45 +480,89 @@ class Scheduler:
         layers = [(k[i : i + 1, :, real].clone(), v[i : i + 1, :, real].clone()) for k, v in batch.past]
         self.prefixes.put(request.image_key, ids, layers)
 
-    def _solo(self, request: Request) -> None:
-        """A family without step-by-step batching: its own `generate`, one request at a time."""
+    def _groups(self, requests: list[Request]) -> list[list[Request]]:
+        """Requests one `generate` can answer together: the same settings, a family that can stack inputs."""
+        if getattr(self.adapter, "collate", None) is None:
+            return [[r] for r in requests]
+        groups: dict[tuple, list[Request]] = {}
+        for r in requests:
+            groups.setdefault(tuple(sorted(r.settings.generate_kwargs().items())), []).append(r)
+        return list(groups.values())
+
+    def _generate(self, rows: list[Request]) -> None:
+        """The family's own `generate` for `rows` (one, or a left-padded batch): each row's tokens go to
+        its queue as they come, and each row ends when it does, not when the batch does."""
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         class Stop(StoppingCriteria):
-            def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> bool:
-                return request.cancel.is_set()
+            def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+                return torch.tensor([r.cancel.is_set() for r in rows], device=input_ids.device)
 
+        streamer = _RowsStreamer(rows, self.eos)
         try:
+            inputs = rows[0].inputs if len(rows) == 1 else self.adapter.collate([r.inputs for r in rows])
             with torch.inference_mode():
                 self.adapter.model.generate(
-                    **request.inputs,
+                    **inputs,
                     **self.adapter.generate_kwargs(),
-                    **request.settings.generate_kwargs(),
-                    streamer=_RequestStreamer(request),
+                    **rows[0].settings.generate_kwargs(),
+                    streamer=streamer,
                     stopping_criteria=StoppingCriteriaList([Stop()]),
                 )
         except Exception as e:
-            request.out.put(("error", e))
+            if len(rows) == 1:
+                streamer.fail(e)
+                return
+            # Whatever broke the batch, the rows that have nothing yet are answered alone, so only the
+            # request that fails alone sees the error; a row already streaming cannot start over.
+            streamer.fail(e, only_started=True)
+            for r in rows:
+                if not r.tokens:
+                    self._generate([r])
             return
-        request.out.put(("end", "stopped" if request.cancel.is_set() else "done"))
+        streamer.finish()
 
 
-class _RequestStreamer(BaseStreamer):
-    """generate's streamer protocol into a request's queue; the first `put` is the prompt."""
+class _RowsStreamer(BaseStreamer):
+    """generate's streamer protocol into each row's queue; the first `put` is the prompt. A row ends at
+    its end-of-turn token or once Stop is seen (later `put`s carry padding for it)."""
 
-    def __init__(self, request: Request):
-        self.request = request
+    def __init__(self, rows: list[Request], eos: set[int]):
+        self.rows = rows
+        self.eos = eos
         self.prompt_seen = False
+        self.ended = [False] * len(rows)
+
+    def _end(self, i: int, kind: str, value: Any) -> None:
+        if not self.ended[i]:
+            self.ended[i] = True
+            self.rows[i].out.put((kind, value))
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:
             self.prompt_seen = True
             return
-        for token in value.reshape(-1).tolist():
-            self.request.emit(token)
+        for i, token in enumerate(value.reshape(len(self.rows), -1)[:, -1].tolist()):
+            if self.ended[i]:
+                continue
+            if self.rows[i].cancel.is_set():
+                self._end(i, "end", "stopped")
+                continue
+            self.rows[i].emit(token)
+            if token in self.eos:
+                self._end(i, "end", "done")
 
     def end(self) -> None:
         pass
+
+    def finish(self) -> None:
+        for i, r in enumerate(self.rows):
+            self._end(i, "end", "stopped" if r.cancel.is_set() else "done")
+
+    def fail(self, error: BaseException, only_started: bool = False) -> None:
+        for i, r in enumerate(self.rows):
+            if not only_started or r.tokens:
+                self._end(i, "error", error)
 
 
 def _last_error() -> BaseException:

@@ -7,6 +7,8 @@ small size), saved to a temporary folder and loaded back with `load_model` in ev
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -316,6 +318,56 @@ def test_evaluation_batch_gives_the_chat_answers(loaded, family, tmp_path, monke
         assert padded and not any(padded)
 
 
+class StopAfter(threading.Event):
+    """A Stop pressed after `checks` looks at it: mid-answer, whatever the machine's speed."""
+
+    def __init__(self, checks: int):
+        super().__init__()
+        self.checks = checks
+
+    def is_set(self) -> bool:
+        self.checks -= 1
+        return self.checks < 0 or super().is_set()
+
+
+def test_mllama_requests_waiting_together_share_one_generate_and_each_get_their_own_answer(loaded, monkeypatch):
+    adapter = loaded("mllama", "none")
+    settings = GenerationSettings(max_new_tokens=8)
+    asked = [  # different tile layouts, one follow-up with its history
+        (picture(64, 64), "what colour is the square", []),
+        (picture(80, 48), "is there a circle", []),
+        (picture(48, 80), "and the disc", [Turn("what colour is the square", "red")]),
+        (picture(64, 64), "where is the disc", []),
+    ]
+    alone = ChatEngine(adapter)
+    expected = [alone.answer(image, q, h, settings) for image, q, h in asked]
+    alone.close()
+    assert len(set(expected)) > 1, "the tiny model gives one answer to everything: the test would prove nothing"
+
+    batch_sizes = []
+    generate = adapter.model.generate
+    def counted(**kwargs):
+        batch_sizes.append(kwargs["input_ids"].shape[0])
+        return generate(**kwargs)
+    monkeypatch.setattr(adapter.model, "generate", counted)
+    engine = ChatEngine(adapter)
+    hold = threading.Event()
+    held = threading.Thread(target=engine.scheduler.call, args=(hold.wait,))
+    held.start()  # the scheduler's thread waits here while every request queues
+    stops = [None, None, None, StopAfter(checks=10)]
+    replies = [engine.submit(image, q, h, settings, stop_event=stop) for (image, q, h), stop in zip(asked, stops)]
+    hold.set()
+    answers = [reply.text() for reply in replies]
+    held.join()
+    engine.close()
+
+    assert batch_sizes == [4], "the four waiting requests should share one generate"
+    assert answers[:3] == expected[:3]
+    assert replies[3].finish_reason == "stopped" and 0 < len(replies[3].request.tokens) < 8
+    assert expected[3].startswith(answers[3])
+    assert [r.finish_reason for r in replies[:3]] == ["done"] * 3
+
+
 @pytest.mark.parametrize("family, size, wider", [("mllama", (100, 40), True), ("mllama", (40, 100), False)])
 def test_mllama_attention_map_keeps_the_tiles_in_place(loaded, family, size, wider):
     adapter = loaded(family, "none")
@@ -352,3 +404,36 @@ def test_mllama_base_checkpoint_without_chat_template_uses_the_plain_prompt(load
         "Question: and what about the disc\nAnswer:"
     )
     assert ChatEngine(adapter).answer(picture(), "what colour is the square", settings=GREEDY)
+
+
+def test_mllama_a_request_that_breaks_a_shared_generate_fails_alone(loaded, monkeypatch):
+    """The batch fails (here: the follow-up's longer prompt "runs out of memory"); the others are answered alone."""
+    adapter = loaded("mllama", "none")
+    settings = GenerationSettings(max_new_tokens=6)
+    asked = [
+        (picture(64, 64), "what colour is the square", []),
+        (picture(48, 80), "and the disc", [Turn("what colour is the square", "red"), Turn("is it big", "yes")]),
+        (picture(80, 48), "is there a circle", []),
+    ]
+    alone = ChatEngine(adapter)
+    expected = [alone.answer(image, q, h, settings) for image, q, h in asked]
+    too_long = len(alone._fit_history(alone.check(asked[1][0], asked[1][1])[0], asked[1][1], asked[1][2])["input_ids"][0])
+    alone.close()
+
+    generate = adapter.model.generate
+    def failing(**kwargs):
+        if kwargs["input_ids"].shape[1] >= too_long:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return generate(**kwargs)
+    monkeypatch.setattr(adapter.model, "generate", failing)
+    engine = ChatEngine(adapter)
+    hold = threading.Event()
+    held = threading.Thread(target=engine.scheduler.call, args=(hold.wait,))
+    held.start()
+    replies = [engine.submit(image, q, h, settings) for image, q, h in asked]
+    hold.set()
+    assert replies[0].text() == expected[0] and replies[2].text() == expected[2]
+    with pytest.raises(RuntimeError, match="out of memory"):
+        replies[1].text()
+    held.join()
+    engine.close()

@@ -69,6 +69,18 @@ class MllamaAdapter(FamilyAdapter):
         )
         return self.to_device(batch)
 
+    def collate(self, inputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Single requests' inputs as one batch, padded as the processor pads one: the text and its
+        cross-attention mask on the left (every prompt ends where its answer starts), the tiles with
+        zeros up to the most tiles."""
+        on_left = {"input_ids", "attention_mask", "cross_attention_mask"}
+        batch = {}
+        for key in inputs[0]:
+            shape = [max(x[key].shape[d] for x in inputs) for d in range(inputs[0][key].dim())]
+            value = self.pad_token_id() if key == "input_ids" else 0
+            batch[key] = torch.cat([_placed(x[key], shape, value, left=key in on_left) for x in inputs])
+        return batch
+
     def answer_batch(self, images: list[Image.Image], questions: list[str], generate_kwargs: dict[str, Any]) -> list[str]:
         prompts = [self.prompt(q, []) for q in questions]
         # Left padding: every prompt ends where its answer starts.
@@ -119,3 +131,13 @@ class MllamaAdapter(FamilyAdapter):
         tiles = weights[: rows * cols].reshape(rows, cols, side, side)  # tiles cut row by row from the canvas
         grid = tiles.permute(0, 2, 1, 3).reshape(rows * side, cols * side).cpu().numpy()
         return stretch(grid)
+
+
+def _placed(t: torch.Tensor, shape: list[int], value: float, left: bool) -> torch.Tensor:
+    """`t` (1, ...) in a tensor of `shape` filled with `value`: at the end of dim 1 if `left`, else at the start."""
+    out = t.new_full(shape, value)
+    index = [slice(0, n) for n in t.shape]
+    if left:
+        index[1] = slice(shape[1] - t.shape[1], shape[1])
+    out[tuple(index)] = t
+    return out
