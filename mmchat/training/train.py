@@ -287,10 +287,11 @@ def save_final(accelerator: Accelerator, trainee: torch.nn.Module, processor: MM
         processor.save_pretrained(final)
 
 
-def out_of_time(accelerator: Accelerator, t0: float, minutes: float) -> bool:
-    """Whether any process has trained for `minutes`: all stop at the same step, or DDP would hang."""
-    late = torch.tensor(float(time.time() - t0 > 60 * minutes), device=accelerator.device)
-    return accelerator.gather(late).max().item() > 0
+def trained_s(accelerator: Accelerator, t0: float) -> float:
+    """Seconds the slowest process has trained: one figure for all, so all stop at the same step (or
+    DDP would hang) and a clock-following learning rate stays the same in every process."""
+    elapsed = torch.tensor(time.time() - t0, device=accelerator.device)
+    return accelerator.gather(elapsed).max().item()
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -356,8 +357,8 @@ def train(cfg: TrainConfig) -> Path:
          {"params": gates, "weight_decay": 0.0, "lr": cfg.lr * cfg.gate_lr_scale}],
         lr=cfg.lr, betas=(0.9, 0.98),
     )
-    t_schedule = time.time()
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, lambda: time.time() - t_schedule))
+    elapsed = 0.0  # seconds trained, as every process agrees after each step (--max-minutes)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, lambda: elapsed))
     # The loader is endless and already different per process by its seed, so it is not prepared.
     # The scheduler is not prepared: accelerate would step it once per process per step, and --steps
     # and --warmup count optimizer steps whatever the number of processes. It steps below, once per
@@ -407,7 +408,9 @@ def train(cfg: TrainConfig) -> Path:
             loss_n += 1
         step += 1
         bar.update(1)
-        if cfg.max_minutes and out_of_time(accelerator, t0, cfg.max_minutes):
+        if cfg.max_minutes:
+            elapsed = trained_s(accelerator, t0)
+        if cfg.max_minutes and elapsed > 60 * cfg.max_minutes:
             accelerator.print(f"\n--max-minutes {cfg.max_minutes}: ending the run at step {step}")
             end, timed_out = step, True
         if step % cfg.log_every == 0 or step == end:  # the last step too, however the run ends

@@ -112,3 +112,15 @@ def test_a_time_limit_ends_the_run_early_with_a_saved_model(tmp_path):
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1]  # ended after its first step, not at step 1,000
     assert load_model(out / "final", device="cpu").family == "mmchat"
+
+
+def test_a_clock_following_schedule_reaches_its_floor_when_the_time_box_ends(tmp_path):
+    """--decay-by-time: the learning rate falls with the seconds trained, whatever --steps says."""
+    out = tmp_path / "run"
+    main(["--out", str(out), "--preset", "tiny", "--batch-size", "2", "--steps", "1000000", "--log-every", "1",
+          "--eval-every", "1000000", "--save-every", "1000000", "--eval-images", "1", "--num-workers", "0",
+          "--warmup", "1", "--lr", "1e-3", "--max-minutes", "0.05", "--decay-by-time"])
+    lrs = [json.loads(line)["lr"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert 3 <= len(lrs) < 1000000  # ended by the clock
+    assert lrs[0] > 0.9e-3 and lrs == sorted(lrs, reverse=True)
+    assert lrs[-1] < 0.2e-3  # near the floor (5 % of 1e-3) at the end of the 3 s box
