@@ -421,8 +421,12 @@ def build_family(family: str, size: str, device: str, folder: Path) -> str:
                 model = model_class(config)
         finally:
             torch.set_default_dtype(torch.float32)
+        # BLIP's answer head is its text decoder's; it has a bias too.
+        head = model.get_output_embeddings() if family == "mllama" else model.text_decoder.get_output_embeddings()
         with torch.no_grad():
-            model.get_output_embeddings().weight[len(processor.tokenizer):] = 0
+            head.weight[len(processor.tokenizer) :] = 0
+            if head.bias is not None:
+                head.bias[len(processor.tokenizer) :] = 0
         if family == "mllama":
             model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.save_pretrained(folder)
