@@ -70,7 +70,7 @@ python -m mmchat train --out runs/shapes-small-describe-3 --init-from runs/shape
   --object-weights 4=1.5 5=3 6=3 --family-weights where=1 relation=3 count=6 query_size=0.75 describe=4 \
   --answer-balanced --answer-length-power 0.5 --freeze-vision
 cp runs/shapes-small-describe-2/final/world_gate.json runs/shapes-small-describe-3/final/
-# Stage 17 ran on a GPU lent to one session (an H200; `bash scripts/train_gpu.sh 5.5 128 2.5e-4` in one
+# Stage 17 ran on a GPU lent to one session (an H200; `bash scripts/train_gpu.sh 5.5 128 2.5e-4 100` in one
 # call of the `device` tool, which also carries the wheels that machine lacks): on from stage 16 with
 # its mix, batches of 128, lr 2.5e-4, the ViT trained too, the cosine following the clock; ended by
 # --max-minutes 5.5 at step 2,576 (7.8 steps/s). Its command, as train_gpu.sh ran it there; on a CPU

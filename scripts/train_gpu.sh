@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Continue the shipped model on a lent GPU in one device call, and bring the result back sharded.
 # Written for the `device` tool (its machine has torch but not this project's transformers,
-# bitsandbytes or easy-vqa, and no network): here, once, put their wheels in .devsite/ (ignored by
+# bitsandbytes, easy-vqa, pillow_heif or simplejpeg, and no network): here, once, put their wheels in .devsite/ (ignored by
 # git; see scripts/device_site.sh), then
 #   device run:  command "bash scripts/train_gpu.sh", carry [".devsite"], timeout_s 480
 # (The GPU tests can run beside it, since rendering, not the GPU, bounds this run:
@@ -9,16 +9,17 @@
 # It converts easy-vqa's train split there (the wheel carries it) and trains from
 # models/mmchat-shapes with the last CPU stage's mix (describe at weight 4, crowded scenes drawn
 # more often, v2 phrasings, answers weighed by the square root of their length) on a stream no CPU
-# stage drew (--seed 100), with many data-loader workers (rendering scenes is the CPU's work; the
+# stage drew (SEED; stage 17 used 100), with many data-loader workers (rendering scenes is the CPU's work; the
 # model is tiny) and the ViT trained too, which the CPU stages froze for speed. The cosine follows
 # the clock (--decay-by-time) and ends with --max-minutes, whatever the step. It writes to
 # $OUT/model only what differs from the shipped folder (config, weights in shards under the tool's
 # 16 MiB per file, their index) and the log: at most 8 files come back. Then, here, in the folder
 # the tool names (files_at):
 #   cp -rn models/mmchat-shapes/. FILES_AT/model/ && rm FILES_AT/model/model.safetensors   # tokenizer etc.
-# Arguments: MINUTES (the time box) BATCH LR.
+# (To ship it, join the shards into one model.safetensors: safetensors' load_file and save_file.)
+# Arguments: MINUTES (the time box) BATCH LR SEED.
 set -euo pipefail
-minutes=${1:-6} batch=${2:-128} lr=${3:-2.5e-4}
+minutes=${1:-6} batch=${2:-128} lr=${3:-2.5e-4} seed=${4:-101}
 out=${OUT:?set by the device tool}
 source scripts/device_site.sh
 export PYTHONUNBUFFERED=1
@@ -26,7 +27,7 @@ export PYTHONUNBUFFERED=1
 mkdir -p runs
 workers=$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-python3 -m mmchat train --out runs/gpu --init-from models/mmchat-shapes --preset shapes-small --seed 100 \
+python3 -m mmchat train --out runs/gpu --init-from models/mmchat-shapes --preset shapes-small --seed "$seed" \
   --steps 1000000 --max-minutes "$minutes" --decay-by-time --batch-size "$batch" --lr "$lr" --warmup 200 \
   --mixed-precision bf16 --num-workers "$workers" --min-turns 4 --vqa-data data/easy-vqa-train --vqa-weight 0.25 \
   --more-variety --phrasing-v2 0.25 --object-weights 4=1.5 5=3 6=3 \
