@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="sys.setswitchinterval for every path, as `python app.py` sets it (0: Python's 5 ms)")
     p.add_argument("--family-dir", help="for --family blip/mllama: build the model here, or reuse the one built there")
     p.add_argument("--build-only", action="store_true", help="build the --family model into --family-dir and exit")
-    p.add_argument("--heat-convs", type=int, default=4, help="lone conversations per heat-map cost run (two runs)")
+    p.add_argument("--heat-convs", type=int, default=16, help="lone conversations per heat-map cost run (two runs)")
     p.add_argument("--json", help="write every figure here")
     p.add_argument("--serve-legacy", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -527,18 +527,20 @@ def main(argv: list[str] | None = None) -> int:
         results["engine"][n] = r
         print(f"  engine, {n} users: {r['answers_s']:.2f} answers/s", flush=True)
         rows.append(("engine", n, r))
-    # Heat-map cost: the same lone conversations with recording off and no picture drawn, alternating.
-    bare = ChatEngine(adapter, record_attention=False)
-    bare.answer(convs_all[0][0], convs_all[0][1][0])
+    # Heat-map cost: the same lone conversations answered by the same engine with recording off and no
+    # picture drawn, then with both, alternating. Each run starts with the conversation's image and turns
+    # released from the caches, so both start alike (a second, fresh engine would hold less and run faster).
     heat_costs = []
     for rep in range(2):
         lone = conversations(args.heat_convs, args.turns, seed=7 + rep)
         without, with_ = [], []
         for conv in lone:
-            without += [r["latency"] for r in run_users(engine_ask(bare, tokenizer, overlay=False), [conv])["records"]]
-            with_ += [r["latency"] for r in run_users(engine_ask(engine, tokenizer), [conv])["records"]]
+            for record, times in ((False, without), (True, with_)):
+                engine.release(conv[0])
+                engine.scheduler.record_attention = record and adapter.shows_attention
+                times += [r["latency"] for r in run_users(engine_ask(engine, tokenizer, overlay=record), [conv])["records"]]
         heat_costs.append(sum(with_) / sum(without) - 1)
-    bare.close()
+    engine.scheduler.record_attention = adapter.shows_attention
 
     # Answers the engine gave must be what the legacy path gives for the same conversation (greedy).
     check = results["engine"][min(args.users)]["records"]
