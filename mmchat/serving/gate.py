@@ -54,8 +54,11 @@ def image_features(image: Image.Image) -> np.ndarray:
     dist = np.linalg.norm(a - background, axis=-1)
     near_bg = dist < 30
     fg = ~near_bg
-    to_palette = np.linalg.norm(a[..., None, :] - PALETTE, axis=-1).min(axis=-1)
-    palette = fg & (to_palette < 60)
+    # Squared distance to the nearest world colour, |a|^2 - 2 a.p + |p|^2: one (4096, 3) x (3, 14)
+    # product instead of a (64, 64, 14, 3) difference (1.6 of the 2.4 ms this function took). Pixels
+    # and palette are whole numbers, so every term is exact in float32 and so is the comparison.
+    to_palette = ((a * a).sum(-1, keepdims=True) - 2 * a @ PALETTE.T + (PALETTE * PALETTE).sum(-1)).min(-1)
+    palette = fg & (to_palette < 60**2)
     other = fg & ~palette
     residual = (a - background)[near_bg]
     grey = a.mean(axis=-1)
