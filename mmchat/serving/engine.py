@@ -80,7 +80,9 @@ class ChatEngine:
             )
             # An engine dropped without close() still ends its thread (the thread holds the model).
             weakref.finalize(self, self.scheduler.close_soon)
-        # (image key, prompt ids, answer) -> (A, N) cross-attention of each answer token, from the answering pass
+        # (image key, question and history as asked, answer) -> (A, N) cross-attention of each answer
+        # token, from the answering pass. Keyed by the words, not the prompt's token ids: rebuilding
+        # the prompt (chat template, tokenizer) to look a picture up took 0.37 of its 1.7 ms.
         self._attention: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._attention_lock = threading.Lock()  # also guards _verdicts
         self._verdicts: OrderedDict[str, bool] = OrderedDict()  # image key -> the world gate's verdict
@@ -220,7 +222,7 @@ class ChatEngine:
             inputs=inputs,
             cancel=stop_event or threading.Event(),
         )
-        return Reply(self, self.scheduler.submit(request))
+        return Reply(self, self.scheduler.submit(request), lookup=_lookup(key, question, history))
 
     def stream(
         self,
@@ -307,8 +309,7 @@ class ChatEngine:
         if not n or len(reply.request.attention) < n:  # an empty answer has no picture
             return
         with self._attention_lock:
-            key = (reply.request.image_key, tuple(reply.request.prompt), reply.text_so_far)
-            self._attention[key] = torch.stack(reply.request.attention[:n])
+            self._attention[(*reply.lookup, reply.text_so_far)] = torch.stack(reply.request.attention[:n])
             while len(self._attention) > 4096:
                 self._attention.popitem(last=False)
 
@@ -320,14 +321,16 @@ class ChatEngine:
         (another engine's answer) from one forward pass over the prompt and the answer."""
         if not self.adapter.batched or not answer:
             return None
-        image, question = self.check(image, question)
+        return self._answer_attention(*self.check(image, question), answer, history or [])
+
+    def _answer_attention(self, image: Image.Image, question: str, answer: str, history: list[Turn]) -> torch.Tensor | None:
+        """`answer_attention` for an image and question already checked."""
         key = self._image_key(image)
-        question, history = self._asked(image, key, question, history or [])  # as the answering pass was asked
+        question, history = self._asked(image, key, question, history)  # as the answering pass was asked
         if question is None:
             return None
-        prompt = self._fit_prompt(question, history)
         with self._attention_lock:
-            weights = self._attention.get((key, tuple(prompt), answer))
+            weights = self._attention.get((*_lookup(key, question, history), answer))
         if weights is not None:
             return weights
         inputs = self._fit_history(image, question, history)
@@ -340,7 +343,7 @@ class ChatEngine:
             return None
         image, question = self.check(image, question)
         if self.adapter.batched:
-            weights = self.answer_attention(image, question, answer, history)
+            weights = self._answer_attention(image, question, answer, history or [])
             grid = None if weights is None or not len(weights) else self.adapter.grid_from_weights(weights.mean(0))
         else:
             asked, history = self._asked(image, self._image_key(image), question, history or [])
@@ -358,22 +361,29 @@ class ChatEngine:
         phrase's tokens while answering; [] when the answer names no object or the family has no map."""
         if not self.adapter.batched or not object_phrases(answer):
             return []
-        weights = self.answer_attention(image, question, answer, history)  # (A, N), one row per answer token
+        image, question = self.check(image, question)
+        weights = self._answer_attention(image, question, answer, history or [])  # (A, N), one row per answer token
         if weights is None or not len(weights):
             return []
-        image = self.check(image, question)[0]
         side = math.isqrt(weights.shape[-1])  # a square grid of patches; a ViT's CLS token dropped
         grids = weights[:, -side * side :].reshape(len(weights), side, side).float().cpu().numpy()
         offsets = self.adapter.tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         return object_panels(image, answer, offsets, grids)
 
 
+def _lookup(image_key: str, question: str, history: list[Turn]) -> tuple:
+    """What an answer's recorded attention is kept under, with the answer: the image and the words
+    asked (the prompt follows from them)."""
+    return (image_key, question, tuple((turn.question, turn.answer) for turn in history))
+
+
 class Reply:
     """One queued answer: iterate it for the text so far; `text()` waits for the whole answer."""
 
-    def __init__(self, engine: ChatEngine, request: Request):
+    def __init__(self, engine: ChatEngine, request: Request, lookup: tuple = ()):
         self.engine = engine
         self.request = request
+        self.lookup = lookup  # where the engine keeps this answer's recorded attention (`_lookup`)
         self.tokens: list[int] = []
         self.text_so_far = ""
         self.finish_reason: str | None = None
