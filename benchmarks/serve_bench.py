@@ -185,8 +185,10 @@ def run_users(
     ask: Callable[[int, Image.Image, str, list[Turn]], tuple[str, float | None, float]],
     convs: list[tuple[Image.Image, list[str]]],
     peak_pid: int | None = None,
+    at_once: bool = True,
 ) -> dict[str, Any]:
-    """Every user at once, each on its own thread, its turns one after another.
+    """Every user at once, each on its own thread, its turns one after another; `at_once` False:
+    the conversations one after another (a lone user, measured over several conversations).
 
     `ask(user, image, question, history)` -> (answer, seconds to first text, seconds to the heat-map).
     """
@@ -214,6 +216,8 @@ def run_users(
         start = time.perf_counter()
         for t in threads:
             t.start()
+            if not at_once:
+                t.join()
         for t in threads:
             t.join()
         wall = time.perf_counter() - start
@@ -491,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--family-dir", help="for --family blip/mllama: build the model here, or reuse the one built there")
     p.add_argument("--build-only", action="store_true", help="build the --family model into --family-dir and exit")
     p.add_argument("--heat-convs", type=int, default=16, help="lone conversations per heat-map cost run (two runs)")
+    p.add_argument("--lone-convs", type=int, default=8, help="conversations, one after another, for each 1-user figure")
     p.add_argument("--json", help="write every figure here")
     p.add_argument("--serve-legacy", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -523,10 +528,15 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[int, dict[str, Any]]] = {"legacy": {}, "engine": {}}
 
     legacy = LegacyEngine(today)
+    def users(n: int, seed: int) -> list[tuple[Image.Image, list[str]]]:
+        """n conversations; a lone user has `--lone-convs` of them, one after another (3 answers were
+        too few: one slow answer moved a lone rate by half)."""
+        return conversations(n if n > 1 else args.lone_convs, args.turns, seed=seed)
+
     convs_all = conversations(max(args.users + args.baseline_users), args.turns)
     legacy.answer(convs_all[0][0], convs_all[0][1][0])  # warm-up
     for n in args.baseline_users:
-        r = run_users(engine_ask(legacy, tokenizer), convs_all[:n])
+        r = run_users(engine_ask(legacy, tokenizer), users(n, 0), at_once=n > 1)
         count_tokens(r, tokenizer)
         results["legacy"][n] = r
         print(f"  today, {n} users: {r['answers_s']:.2f} answers/s", flush=True)
@@ -536,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     engine.answer(convs_all[0][0], convs_all[0][1][0])  # warm-up
     for n in args.users:
         engine.scheduler.release([k for k in engine.scheduler.images.keys()])
-        r = run_users(engine_ask(engine, tokenizer), conversations(n, args.turns, seed=1000 + n))
+        r = run_users(engine_ask(engine, tokenizer), users(n, 1000 + n), at_once=n > 1)
         count_tokens(r, tokenizer)
         results["engine"][n] = r
         print(f"  engine, {n} users: {r['answers_s']:.2f} answers/s", flush=True)
@@ -563,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Answers the engine gave must be what the legacy path gives for the same conversation (greedy).
     check = results["engine"][min(args.users)]["records"]
-    convs_check = conversations(min(args.users), args.turns, seed=1000 + min(args.users))
+    convs_check = users(min(args.users), 1000 + min(args.users))
     mixed = 0
     for u, (image, questions) in enumerate(convs_check):
         answers = [r["answer"] for r in sorted((r for r in check if r["user"] == u), key=lambda r: r["turn"])]
@@ -588,8 +598,8 @@ def main(argv: list[str] | None = None) -> int:
                 warm = conversations(1, 1, seed=1)
                 run_users(app_ask(url, warm, work), warm)
                 for n in (args.baseline_users if name == "app, today" else args.users):
-                    convs = conversations(n, args.turns, seed=2000 + n)
-                    r = run_users(app_ask(url, convs, work), convs, peak_pid=process.pid)
+                    convs = users(n, 2000 + n)
+                    r = run_users(app_ask(url, convs, work), convs, peak_pid=process.pid, at_once=n > 1)
                     count_tokens(r, tokenizer)
                     results.setdefault(name, {})[n] = r
                     app_rows.append((name, n, r))
