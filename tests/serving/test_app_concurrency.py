@@ -91,10 +91,10 @@ def test_32_concurrent_conversations_get_their_own_answers_and_stop_ends_only_th
     # half of it": the tiny model streams some 500 tokens/s, and a cancel crossing a busy app at times
     # landed after 230 of 250.)
     assert sorted(stopped) == [u for u in range(USERS) if stops(u)]
-    tokens = engine.adapter.tokenizer
+    tokenizer = engine.adapter.tokenizer
     for u, (partial, seconds) in stopped.items():
         first = engine.answer(files[u], QUESTIONS[0], [], short)
         full = engine.answer(files[u], QUESTIONS[1], [Turn(QUESTIONS[0], first)], GenerationSettings(**LONG))
-        n_full, n_partial = (len(tokens(t, add_special_tokens=False)["input_ids"]) for t in (full, partial))
+        n_full, n_partial = (len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in (full, partial))
         assert n_full >= 200, f"user {u}: the long answer ends by itself after {n_full} tokens; the test needs a longer one"
         assert seconds < 30 and n_partial < n_full and full.startswith(partial), f"user {u} was not stopped: {n_partial} of {n_full} tokens"
