@@ -99,6 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     concurrency = args.concurrency or engine.adapter.default_concurrency
     print(f"mmchat: serving {engine.describe()}, {concurrency} answer(s) at once", flush=True)
     demo = build_demo(engine)
+    # Gradio sets matplotlib's backend around every event; where matplotlib is installed, resolving it
+    # the first time imports pyplot: 0.4 s the first visitor's answer waited for. Resolved now instead.
+    with contextlib.suppress(ImportError):
+        import matplotlib
+
+        matplotlib.get_backend()
     if engine.scheduler is not None:  # it batches up to as many answers as the Gradio queue feeds it
         engine.scheduler.max_batch = concurrency
     demo.queue(default_concurrency_limit=concurrency, max_size=args.max_queue)
