@@ -593,8 +593,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, cmd in (("app, today", legacy_cmd), ("app", [*app_cmd, "--port"])):
             process, url = serve(cmd, work)
             try:
-                # One answer first, as the engine gets: a fresh app's first request took 0.4 s more
-                # of its CPU (gradio's first upload and first picture), which only its first visitor pays.
+                # One answer first, as the engine gets: Gradio's first event imports matplotlib's pyplot
+                # (0.4 s) where app.py has not done so at start-up, as today's app does not.
                 warm = conversations(1, 1, seed=1)
                 run_users(app_ask(url, warm, work), warm)
                 for n in (args.baseline_users if name == "app, today" else args.users):
