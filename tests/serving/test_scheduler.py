@@ -252,6 +252,32 @@ def test_heat_map_comes_from_the_answering_pass_and_matches_a_second_pass(engine
     assert np.abs(np.asarray(overlay, np.float32) - np.asarray(old, np.float32)).max() <= 1
 
 
+def test_a_follow_ups_heat_map_comes_from_its_answering_pass_too(engine):
+    """The recorded attention is kept under the words asked (question and history), so a later turn's
+    picture is found without a forward pass, and differs from the first turn's."""
+    image = picture(51)
+    first = engine.answer(image, QUESTIONS[0], [], GREEDY)
+    history = [Turn(QUESTIONS[0], first)]
+    reply = engine.submit(image, QUESTIONS[1], history, GREEDY)
+    answer = reply.text()
+    forward = engine.adapter.model.forward
+    calls = [0]
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return forward(*args, **kwargs)
+
+    engine.adapter.model.forward = counted
+    try:
+        recorded = engine.answer_attention(image, QUESTIONS[1], answer, history)
+        assert engine.attention_overlay(image, QUESTIONS[1], answer, history) is not None
+    finally:
+        del engine.adapter.model.forward
+    assert calls[0] == 0  # no second forward pass for the follow-up's picture either
+    assert recorded.shape[0] == len(reply.answer_tokens)
+    torch.testing.assert_close(recorded, torch.stack(reply.request.attention[: len(reply.answer_tokens)]))
+
+
 def test_inline_engine_runs_every_step_on_its_callers_threads(tiny_checkpoint, engine):
     """`threaded=False` (ZeroGPU: only the caller's `spaces.GPU` call has the GPU): no scheduler
     thread, each step on a caller's thread, and concurrent callers still get what each would alone."""
