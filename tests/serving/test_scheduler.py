@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -224,10 +226,9 @@ def test_caches_stay_inside_their_byte_bounds(tiny_checkpoint):
     engine.close()
 
 
-def test_heat_map_comes_from_the_answering_pass_and_matches_a_second_pass(engine):
-    image, question = picture(50), QUESTIONS[4]
-    reply = engine.submit(image, question, [], GREEDY)
-    answer = reply.text()
+@contextmanager
+def forward_calls(engine: ChatEngine) -> Iterator[list[int]]:
+    """Counts the model's forward passes inside the block: [n]."""
     forward = engine.adapter.model.forward
     calls = [0]
 
@@ -237,10 +238,18 @@ def test_heat_map_comes_from_the_answering_pass_and_matches_a_second_pass(engine
 
     engine.adapter.model.forward = counted
     try:
-        recorded = engine.answer_attention(image, question, answer)
-        overlay = engine.attention_overlay(image, question, answer)
+        yield calls
     finally:
         del engine.adapter.model.forward
+
+
+def test_heat_map_comes_from_the_answering_pass_and_matches_a_second_pass(engine):
+    image, question = picture(50), QUESTIONS[4]
+    reply = engine.submit(image, question, [], GREEDY)
+    answer = reply.text()
+    with forward_calls(engine) as calls:
+        recorded = engine.answer_attention(image, question, answer)
+        overlay = engine.attention_overlay(image, question, answer)
     assert calls[0] == 0  # no second forward pass for the picture
     # Today's way: one more forward pass over the prompt and the answer's tokens.
     inputs = engine._fit_history(image, question, [])
@@ -254,25 +263,15 @@ def test_heat_map_comes_from_the_answering_pass_and_matches_a_second_pass(engine
 
 def test_a_follow_ups_heat_map_comes_from_its_answering_pass_too(engine):
     """The recorded attention is kept under the words asked (question and history), so a later turn's
-    picture is found without a forward pass, and differs from the first turn's."""
+    picture is found without a forward pass, and is that turn's own recorded attention."""
     image = picture(51)
     first = engine.answer(image, QUESTIONS[0], [], GREEDY)
     history = [Turn(QUESTIONS[0], first)]
     reply = engine.submit(image, QUESTIONS[1], history, GREEDY)
     answer = reply.text()
-    forward = engine.adapter.model.forward
-    calls = [0]
-
-    def counted(*args, **kwargs):
-        calls[0] += 1
-        return forward(*args, **kwargs)
-
-    engine.adapter.model.forward = counted
-    try:
+    with forward_calls(engine) as calls:
         recorded = engine.answer_attention(image, QUESTIONS[1], answer, history)
         assert engine.attention_overlay(image, QUESTIONS[1], answer, history) is not None
-    finally:
-        del engine.adapter.model.forward
     assert calls[0] == 0  # no second forward pass for the follow-up's picture either
     assert recorded.shape[0] == len(reply.answer_tokens)
     torch.testing.assert_close(recorded, torch.stack(reply.request.attention[: len(reply.answer_tokens)]))
