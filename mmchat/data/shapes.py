@@ -149,14 +149,28 @@ def _place(sides: Sequence[float], side: int, rng: random.Random) -> list[tuple[
     return centres
 
 
-def sample_scene(rng: random.Random, side: int = 224, n_objects: int | None = None) -> list[ShapeObject]:
-    """Draw 1-6 objects (count uniform, or `n_objects`) with uniform shape, colour and size, validly placed."""
+def sample_scene(
+    rng: random.Random, side: int = 224, n_objects: int | None = None, small_share: float | None = None
+) -> list[ShapeObject]:
+    """Draw 1-6 objects (count uniform, or `n_objects`) with uniform shape, colour and size, validly placed.
+
+    `small_share` (training only) draws each object small with that probability instead of the
+    spec's even mix; None keeps the spec's draw (and the random stream of every seeded data set).
+    """
     _check_side(side)
     if n_objects is not None and not OBJECT_COUNT_RANGE[0] <= n_objects <= OBJECT_COUNT_RANGE[1]:
         raise ValueError(f"n_objects must be in {OBJECT_COUNT_RANGE}, got {n_objects}")
+    if small_share is not None and not 0 <= small_share <= 1:
+        raise ValueError(f"small_share must be in [0, 1], got {small_share}")
     n = rng.randint(*OBJECT_COUNT_RANGE) if n_objects is None else n_objects
+
+    def size() -> str:
+        if small_share is None:
+            return rng.choice(SIZES)
+        return "small" if rng.random() < small_share else "large"
+
     while True:
-        kinds = [(rng.choice(SHAPES), rng.choice(_COLOR_NAMES), rng.choice(SIZES)) for _ in range(n)]
+        kinds = [(rng.choice(SHAPES), rng.choice(_COLOR_NAMES), size()) for _ in range(n)]
         sides = [rng.uniform(*SIZE_RANGES[size]) * side for _, _, size in kinds]
         # Re-place before re-drawing attributes, so crowded scenes keep the uniform size mix.
         for _ in range(_PLACEMENT_RESTARTS):

@@ -122,6 +122,8 @@ class TrainConfig:
     family_weights: list[str] = field(default_factory=list)  # e.g. relation=3 count=2 describe=4 where=1 (where: training only)
     object_weights: list[str] = field(default_factory=list)  # e.g. 5=2 6=2: crowded scenes more often (training only)
     more_variety: bool = False  # more small sides, equilateral triangles, noise over objects (all within the spec)
+    small_sides: float = -1.0  # share of scenes at 96-160 px; -1: a third with --more-variety, else none
+    small_objects: float = -1.0  # share of objects drawn small (training only); -1: the spec's half
     phrasing_v2: float = 0.0  # share of ShapesVQA questions asked in a random v2 form (mmchat.data.phrasing)
     easy: bool = False  # curriculum stage: scenes of 1-2 objects, no relation/compare questions
     vqa_data: list[str] = field(default_factory=list)
@@ -332,7 +334,8 @@ def train(cfg: TrainConfig) -> Path:
         shapes = ShapesConversations(
             seed, cfg.max_turns, cfg.min_turns, family_weights=family_weights,
             object_weights=parse_object_weights(cfg.object_weights), more_variety=cfg.more_variety,
-            phrasing_v2=cfg.phrasing_v2, **easy,
+            phrasing_v2=cfg.phrasing_v2, small_sides=None if cfg.small_sides < 0 else cfg.small_sides,
+            small_objects=None if cfg.small_objects < 0 else cfg.small_objects, **easy,
         )
         sources, weights = [shapes], [cfg.shapes_weight]
         if vqa_examples:

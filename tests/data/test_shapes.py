@@ -229,6 +229,28 @@ def test_more_variety_draws_small_sides_more_often() -> None:
     assert 0.3 < small < 0.6, small
 
 
+def test_training_can_draw_more_small_renders_and_small_objects() -> None:
+    """--small-sides 0.8 puts most scenes at 96-160 px; --small-objects 0.8 makes most objects small."""
+    stream = iter(ShapesConversations(seed=0, more_variety=True, small_sides=0.8, small_objects=0.8))
+    convs = [next(stream) for _ in range(150)]
+    small_renders = sum(c.image.size[0] <= 160 for c in convs) / len(convs)
+    objects = [o for c in convs for o in c.objects]
+    small_objects = sum(o.size == "small" for o in objects) / len(objects)
+    assert 0.7 < small_renders < 0.9, small_renders
+    assert 0.72 < small_objects < 0.88, small_objects
+
+
+def test_the_spec_draw_of_sizes_is_even_and_unchanged_by_default() -> None:
+    """Without small_share a seeded scene is what it always was (data sets are rebuilt from seeds)."""
+    before = ["llls", "ll", "l", "sl", "ls", "lssll", "lslll", "sss"]  # seeds 0-7, before small_share existed
+    assert ["".join(o.size[0] for o in sample_scene(random.Random(s), 224)) for s in range(8)] == before
+    spec = [sample_scene(random.Random(s), 224) for s in range(300)]
+    sizes = [o.size for scene in spec for o in scene]
+    assert 0.44 < sizes.count("small") / len(sizes) < 0.56
+    with pytest.raises(ValueError, match="small_share"):
+        sample_scene(random.Random(0), 224, small_share=1.5)
+
+
 @pytest.mark.parametrize("variant", RENDER_VARIANTS)
 def test_shapes_are_drawn_as_specified(variant: dict) -> None:
     """Circles leave box corners empty, squares fill them, triangles stand apex up."""
