@@ -7,7 +7,9 @@ saw (a gate tuned on the images it is scored on proves nothing):
   images), `matplotlib` (its sample photos), `gradio` (its media assets);
 - drawn here: `charts` (matplotlib line, bar, scatter, pie, histogram), `text` (pages of words),
   `ui` (screenshot-like windows with bars, buttons and text), `icons` (faces, stars, arrows,
-  hearts, rings), `patterns` (stripes, checkerboards, gradients, grids), `noise`.
+  hearts, rings), `patterns` (stripes, checkerboards, gradients, grids), `noise`, `clipart`
+  (figures shaded, outlined or marked, free to overlap, on a light canvas), `emoji` (Noto Color
+  Emoji glyphs on a light canvas; needs Debian's `fonts-noto-color-emoji`).
 
 Every photo is used through random crops and resizes, so one photo gives many images. The
 packages are needed only to build sets (`requirements-dev.txt`), never to serve.
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .shapes import ALL_FAMILIES, FAMILIES, QuestionSampler, render_scene, sample_scene
 
@@ -216,6 +218,72 @@ def _icon(rng: random.Random) -> Image.Image:
     return image
 
 
+_WORLD_COLOURS = ((220, 40, 40), (40, 170, 60), (40, 80, 220), (230, 210, 40), (140, 60, 180), (240, 140, 30))
+
+
+def _clipart_item(rng: random.Random, size: int) -> Image.Image:
+    """One filled figure (RGBA, `size` square) that no scene has: shaded, outlined, with marks inside."""
+    mask = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(mask)
+    kind = rng.choice(("ellipse", "rounded", "polygon"))
+    if kind == "ellipse":
+        draw.ellipse((0, rng.randint(0, size // 4), size - 1, size - 1), fill=255)
+    elif kind == "rounded":
+        draw.rounded_rectangle((0, 0, size - 1, size - 1), radius=rng.randint(size // 8, size // 3), fill=255)
+    else:
+        n, c = rng.randint(3, 9), size / 2
+        draw.polygon([(c + c * rng.uniform(0.5, 1) * math.cos(2 * math.pi * i / n),
+                       c + c * rng.uniform(0.5, 1) * math.sin(2 * math.pi * i / n)) for i in range(n)], fill=255)
+    # At least one trait no scene has (a flat figure alone differs from a scene's only by its shape,
+    # which pixel statistics cannot see): shading, marks inside, an outline.
+    shaded, marked, outlined = (rng.random() < 0.6 for _ in range(3))
+    if not (shaded or marked or outlined):
+        shaded = True
+    colour = np.array(rng.choice(_WORLD_COLOURS) if rng.random() < 0.5 else _any_colour(rng), np.float32)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    light = 1 + rng.uniform(0.3, 0.8) * (0.5 - np.hypot(xx - rng.uniform(0.2, 0.5), yy - rng.uniform(0.2, 0.5)))
+    pixels = np.clip(colour * light[..., None], 0, 255) if shaded else np.broadcast_to(colour, (size, size, 3))
+    item = Image.fromarray(pixels.astype(np.uint8), "RGB").convert("RGBA")
+    item.putalpha(mask)
+    marks = ImageDraw.Draw(item)
+    ink = (rng.randint(0, 70),) * 3 + (255,)
+    if marked:  # eyes and a mouth, stripes or a patch of another colour
+        detail = rng.choice(("face", "stripes", "patch"))
+        if detail == "face":
+            for x in (0.35, 0.65):
+                marks.ellipse((size * (x - 0.06), size * 0.35, size * (x + 0.06), size * 0.5), fill=ink)
+            marks.arc((size * 0.3, size * 0.45, size * 0.7, size * 0.75), 20, 160, fill=ink, width=max(1, size // 20))
+        elif detail == "stripes":
+            for y in range(rng.randint(2, 4)):
+                y0 = size * (0.25 + 0.2 * y)
+                marks.line((size * 0.15, y0, size * 0.85, y0), fill=_any_colour(rng) + (255,), width=max(1, size // 14))
+        else:
+            x0, y0 = rng.uniform(0.2, 0.5) * size, rng.uniform(0.2, 0.5) * size
+            marks.ellipse((x0, y0, x0 + size * 0.3, y0 + size * 0.3), fill=_any_colour(rng) + (255,))
+        item.putalpha(Image.fromarray(np.minimum(np.asarray(mask), np.asarray(item.getchannel("A")))))
+    if outlined:
+        outline = Image.new("RGBA", (size, size), ink)
+        edge = np.asarray(mask, np.int16)
+        ring = (edge > 0) & ((np.abs(np.diff(edge, axis=0, prepend=0)) > 0) | (np.abs(np.diff(edge, axis=1, prepend=0)) > 0))
+        width = max(1, size // 30)
+        ring_image = Image.fromarray((ring * 255).astype(np.uint8)).filter(ImageFilter.MaxFilter(2 * width + 1))
+        outline.putalpha(Image.fromarray(np.minimum(np.asarray(ring_image), np.asarray(mask))))
+        item = Image.alpha_composite(item, outline)
+    return item
+
+
+def _clipart(rng: random.Random) -> Image.Image:
+    """1-5 shaded, outlined or marked figures, free to overlap, on a light canvas: drawn like a scene
+    of this world's objects but not one (a training source for the gate's image check)."""
+    side = rng.randint(96, 512)
+    image = Image.new("RGB", (side, side), _light(rng) if rng.random() < 0.85 else _any_colour(rng))
+    for _ in range(rng.randint(1, 5)):
+        size = max(12, int(side * rng.uniform(0.15, 0.45)))
+        item = _clipart_item(rng, size)
+        image.paste(item, (rng.randint(0, side - size), rng.randint(0, side - size)), item)
+    return image
+
+
 def _pattern(rng: random.Random) -> Image.Image:
     side = rng.randint(64, 512)
     yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
@@ -258,6 +326,43 @@ def _noise(rng: random.Random) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
+# Noto Color Emoji (Debian's `fonts-noto-color-emoji`): flat, bright, filled pictures on a light
+# canvas, the out-of-world images closest to this world's scenes. Its bitmaps exist at 109 px only.
+EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+_EMOJI_RANGES = ((0x1F300, 0x1F5FF), (0x1F600, 0x1F64F), (0x1F680, 0x1F6FF), (0x1F900, 0x1F9FF), (0x2600, 0x26FF))
+
+
+@cache
+def _emoji_glyphs() -> tuple[tuple[str, ...], ImageFont.FreeTypeFont]:
+    if not EMOJI_FONT.exists():
+        raise FileNotFoundError(f"the emoji source needs {EMOJI_FONT}: apt-get install fonts-noto-color-emoji")
+    font = ImageFont.truetype(str(EMOJI_FONT), 109)
+
+    def draw(ch: str) -> bytes:
+        image = Image.new("RGBA", (136, 128), (0, 0, 0, 0))
+        ImageDraw.Draw(image).text((0, 0), ch, font=font, embedded_color=True)
+        return image.tobytes()
+
+    missing = draw("\ue000")  # a private-use code point: the font's empty glyph
+    glyphs = tuple(ch for lo, hi in _EMOJI_RANGES for ch in map(chr, range(lo, hi + 1)) if draw(ch) != missing)
+    return glyphs, font
+
+
+def _emoji(rng: random.Random) -> Image.Image:
+    """1-4 emoji, each 15-45 % of the side, on a light canvas of 96-512 px."""
+    glyphs, font = _emoji_glyphs()
+    side = rng.randint(96, 512)
+    image = Image.new("RGB", (side, side), _light(rng) if rng.random() < 0.85 else _any_colour(rng))
+    for _ in range(rng.randint(1, 4)):
+        glyph = Image.new("RGBA", (136, 128), (0, 0, 0, 0))
+        ImageDraw.Draw(glyph).text((0, 0), rng.choice(glyphs), font=font, embedded_color=True)
+        glyph = glyph.crop(glyph.getbbox() or (0, 0, 1, 1))
+        size = max(8, int(side * rng.uniform(0.15, 0.45)))
+        glyph = glyph.resize((size, max(1, int(size * glyph.height / glyph.width))), Image.LANCZOS)
+        image.paste(glyph, (rng.randint(0, side - glyph.width), rng.randint(0, max(0, side - glyph.height))), glyph)
+    return image
+
+
 SOURCES: dict[str, Callable[[random.Random], Image.Image]] = {
     "skimage": _photo_source("skimage"),
     "sklearn": _photo_source("sklearn"),
@@ -269,10 +374,16 @@ SOURCES: dict[str, Callable[[random.Random], Image.Image]] = {
     "icons": _icon,
     "patterns": _pattern,
     "noise": _noise,
+    "emoji": _emoji,
+    "clipart": _clipart,
 }
 # Which sources train the image gate and which only measure it: whole sources held out.
-TRAIN_SOURCES: tuple[str, ...] = ("skimage", "ui", "icons", "patterns", "noise")
+TRAIN_SOURCES: tuple[str, ...] = ("skimage", "ui", "icons", "patterns", "noise", "clipart")
 HELD_OUT_SOURCES: tuple[str, ...] = ("gradio", "sklearn", "matplotlib", "charts", "text")
+# Added after the gate above was trained and its held-out misses had been read: measures it (and
+# any gate after it) on pictures no one had looked at; kept out of the default held-out list so the
+# v2 sets of every earlier seed are rebuilt as they were.
+LATE_HELD_OUT_SOURCES: tuple[str, ...] = ("emoji",)
 
 
 def out_of_world_image(source: str, rng: random.Random) -> Image.Image:

@@ -40,7 +40,7 @@ PALETTE = np.array(
 FEATURES = (
     "background_min", "background_spread", "background_share", "border_background", "background_noise",
     "palette_share", "other_share", "other_of_foreground", "edge_share", "edge_per_foreground", "colour_bins",
-    "aspect", "dark_edge", "line_fill",
+    "aspect", "dark_edge", "line_fill", "colour_contact", "inner_texture",
 )
 
 
@@ -71,6 +71,18 @@ def image_features(image: Image.Image) -> np.ndarray:
     # black shapes are solid. A row or column mostly foreground is an axis or a bar, not a scene.
     dark = grey < 100
     line_fill = max(fg.mean(axis=0).max(), fg.mean(axis=1).max())
+    # A scene's objects are flat and never touch: two far-apart world colours side by side (a face's
+    # eyes, a chart's wedges) or shading inside a figure (pixels two in from its edge) are not of it.
+    contact = 0
+    step = np.zeros((_SIDE, _SIDE), np.float32)  # the largest channel step to any of the four neighbours
+    for axis in (0, 1):
+        d = np.diff(a, axis=axis)  # (63, 64, 3) or (64, 63, 3)
+        contact += (np.logical_and(*_neighbours(palette, axis)) & ((d * d).sum(-1) > 90**2)).sum()
+        d = np.abs(d).max(-1)
+        after, before = _neighbours(step, axis)
+        np.maximum(after, d, out=after)
+        np.maximum(before, d, out=before)
+    inner = _erode(_erode(fg))
     return np.array(
         [
             background.min() / 255,
@@ -87,9 +99,23 @@ def image_features(image: Image.Image) -> np.ndarray:
             min(1.0, abs(np.log(w / h))),
             (dark & edges).sum() / max(1, dark.sum()),
             line_fill,
+            min(1.0, contact / max(1, palette.sum())),
+            (step[inner] > 24).mean() if inner.any() else 0.0,
         ],
         dtype=np.float32,
     )
+
+
+def _neighbours(mask: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's mask and its next neighbour's along `axis` (one shorter there)."""
+    return (mask[1:], mask[:-1]) if axis == 0 else (mask[:, 1:], mask[:, :-1])
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    """Pixels whose four neighbours are in `mask` too (the border never is)."""
+    out = np.zeros_like(mask)
+    out[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+    return out
 
 
 class WorldGate:

@@ -57,6 +57,25 @@ def test_features_tell_a_flat_scene_from_noise(shapes_image, noise_image) -> Non
     assert gate.image_in_world(shapes_image) and not gate.image_in_world(noise_image)
 
 
+def test_features_see_touching_colours_and_shading(shapes_image) -> None:
+    """A scene's objects are flat and apart: two world colours side by side, or marks inside a
+    figure, are what the gate's last two features measure (a scene scores 0 on both)."""
+    contact, texture = FEATURES.index("colour_contact"), FEATURES.index("inner_texture")
+    assert image_features(shapes_image)[[contact, texture]].tolist() == [0.0, 0.0]
+    touching = np.full((64, 64, 3), 200, np.uint8)
+    touching[16:48, 8:32] = (220, 40, 40)
+    touching[16:48, 32:56] = (40, 80, 220)
+    assert image_features(Image.fromarray(touching))[contact] > 0.02
+    yy, xx = np.mgrid[:64, :64]
+    face = np.full((64, 64, 3), 200, np.uint8)
+    face[np.hypot(yy - 32, xx - 32) < 24] = (230, 210, 40)
+    assert image_features(Image.fromarray(face))[[contact, texture]].tolist() == [0.0, 0.0]
+    for x in (24, 40):  # eyes
+        face[np.hypot(yy - 26, xx - x) < 3] = (30, 30, 30)
+    assert image_features(Image.fromarray(face))[contact] > 0.02
+    assert image_features(Image.fromarray(face))[texture] > 0.03
+
+
 def test_out_of_world_images_and_questions_are_declined(engine, shapes_image, noise_image) -> None:
     assert engine.answer(noise_image, "How many objects are there?", settings=SHORT) == UNANSWERABLE
     for question in ("hello", "What animal is this?", "Write a poem.", "How many cats are there?"):
