@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from .shapes import ALL_FAMILIES, FAMILIES, QuestionSampler, render_scene, sample_scene
+from .shapes import ALL_FAMILIES, COLORS, FAMILIES, QuestionSampler, render_scene, sample_scene
 
 UNANSWERABLE = "unanswerable"
 
@@ -218,9 +218,6 @@ def _icon(rng: random.Random) -> Image.Image:
     return image
 
 
-_WORLD_COLOURS = ((220, 40, 40), (40, 170, 60), (40, 80, 220), (230, 210, 40), (140, 60, 180), (240, 140, 30))
-
-
 def _clipart_item(rng: random.Random, size: int) -> Image.Image:
     """One filled figure (RGBA, `size` square) that no scene has: shaded, outlined, with marks inside."""
     mask = Image.new("L", (size, size), 0)
@@ -239,7 +236,7 @@ def _clipart_item(rng: random.Random, size: int) -> Image.Image:
     shaded, marked, outlined = (rng.random() < 0.6 for _ in range(3))
     if not (shaded or marked or outlined):
         shaded = True
-    colour = np.array(rng.choice(_WORLD_COLOURS) if rng.random() < 0.5 else _any_colour(rng), np.float32)
+    colour = np.array(rng.choice(list(COLORS.values())) if rng.random() < 0.5 else _any_colour(rng), np.float32)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     light = 1 + rng.uniform(0.3, 0.8) * (0.5 - np.hypot(xx - rng.uniform(0.2, 0.5), yy - rng.uniform(0.2, 0.5)))
     pixels = np.clip(colour * light[..., None], 0, 255) if shaded else np.broadcast_to(colour, (size, size, 3))

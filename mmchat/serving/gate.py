@@ -72,7 +72,8 @@ def image_features(image: Image.Image) -> np.ndarray:
     dark = grey < 100
     line_fill = max(fg.mean(axis=0).max(), fg.mean(axis=1).max())
     # A scene's objects are flat and never touch: two far-apart world colours side by side (a face's
-    # eyes, a chart's wedges) or shading inside a figure (pixels two in from its edge) are not of it.
+    # eyes, a chart's wedges) or a sharp step inside a figure (two pixels in from its edge: marks,
+    # stripes, hard shading) are not of it.
     contact = 0
     step = np.zeros((_SIDE, _SIDE), np.float32)  # the largest channel step to any of the four neighbours
     for axis in (0, 1):
