@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from mmchat.data.out_of_world import EMOJI_FONT
 from mmchat.training.factory import build_tiny
 
 # The app fixtures (a served `app.py` and its engine) as a plugin, not an import: registered once,
 # their session-scoped server is shared by every test directory.
 pytest_plugins = ["fixtures_app"]
+
+
+@pytest.fixture
+def emoji_font() -> None:
+    """Tests that draw emoji need Debian's font (`scripts/test.sh` installs it as root): skipped where
+    it is missing, unless MMCHAT_REQUIRE_BROWSER=1 (CI, which has the system packages) makes that a failure."""
+    if not EMOJI_FONT.exists():
+        if os.environ.get("MMCHAT_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"MMCHAT_REQUIRE_BROWSER=1 but {EMOJI_FONT} is missing: apt-get install fonts-noto-color-emoji")
+        pytest.skip(f"{EMOJI_FONT} is missing: apt-get install fonts-noto-color-emoji")
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,10 @@ def test_no_source_both_trains_and_measures_the_gate() -> None:
 
 
 @pytest.mark.parametrize("source", ["clipart", "emoji"])
-def test_drawn_sources_are_varied_and_repeatable(source: str) -> None:
+def test_drawn_sources_are_varied_and_repeatable(source: str, request) -> None:
     """Light canvases of 96-512 px, a different picture each draw, the same ones from the same seed."""
+    if source == "emoji":
+        request.getfixturevalue("emoji_font")
     first = [np.asarray(out_of_world_image(source, random.Random(s))) for s in range(6)]
     again = [np.asarray(out_of_world_image(source, random.Random(s))) for s in range(6)]
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))

@@ -102,7 +102,7 @@ def test_the_app_with_no_flags_serves_it_and_answers_its_examples(adapter, tmp_p
     assert right == len(examples), list(zip(answers, examples))
 
 
-def test_it_declines_emoji_drawn_like_its_scenes(adapter):
+def test_it_declines_emoji_drawn_like_its_scenes(adapter, emoji_font):
     """Emoji on a light canvas (bright filled figures, like a scene's objects: the gate's hardest
     pictures, and a source it was not trained on) are declined, at least 17 of 20 (the gate it
     replaced let half of them through); the app's own scenes are not."""
