@@ -94,7 +94,16 @@ python -m mmchat train --out runs/stage19 --init-from runs/gpu/final --preset sh
   --more-variety --phrasing-v2 0.25 --object-weights 4=1.5 5=3 6=4 \
   --family-weights where=1 relation=3 count=6 query_size=0.75 describe=4 --answer-balanced --answer-length-power 0.5 \
   --eval-images 60 --eval-every 100000 --save-every 100000 --log-every 50
+# Stage 20 (not shipped) tried --small-sides 0.5 --small-objects 0.65 on top of stage 19's settings.
+# Stage 21 is stage 19's settings once more, from stage 19, with its own seed; ended by
+# --max-minutes 40 at step 1,255.
+python -m mmchat train --out runs/stage21 --init-from runs/stage19/final --preset shapes-small --seed 23 \
+  --steps 5000 --max-minutes 40 --decay-by-time --batch-size 32 --lr 6e-5 --warmup 50 \
+  --mixed-precision bf16 --num-workers 1 --threads 2 --min-turns 4 --vqa-data data/easy-vqa-train --vqa-weight 0.25 \
+  --more-variety --phrasing-v2 0.25 --object-weights 4=1.5 5=3 6=4 \
+  --family-weights where=1 relation=3 count=6 query_size=0.75 describe=4 --answer-balanced --answer-length-power 0.5 \
+  --eval-images 60 --eval-every 100000 --save-every 100000 --log-every 50
 # The gate's second version (16 features, clip art among its training sources; the model card says
-# why): trained afresh rather than copied. (With today's code the train-gate line above trains this
-# version's features too; the first version's came from the code of its time.)
-python -m mmchat train-gate --model runs/stage19/final --seed 2 --in-world 3000 --out-of-world 3000 --max-false-declines 0.002
+# why), trained afresh rather than copied. With today's code the train-gate line near the top trains
+# this version's features too; the first version's came from the code of its time.
+python -m mmchat train-gate --model runs/stage21/final --seed 2 --in-world 3000 --out-of-world 3000 --max-false-declines 0.002
