@@ -88,21 +88,16 @@ cp runs/shapes-small-describe-3/final/world_gate.json runs/gpu/final/
 # Stage 19 is that stage with the ViT trained too (stage 17's diagnosis: the misses are small objects,
 # which the eyes must see) and its own seed; ended by --max-minutes 45 at step 1,662 (the cosine
 # follows the clock, --decay-by-time), on 2 CPU cores.
-python -m mmchat train --out runs/stage19 --init-from runs/gpu/final --preset shapes-small --seed 21 \
-  --steps 5000 --max-minutes 45 --decay-by-time --batch-size 32 --lr 6e-5 --warmup 50 \
-  --mixed-precision bf16 --num-workers 1 --threads 2 --min-turns 4 --vqa-data data/easy-vqa-train --vqa-weight 0.25 \
-  --more-variety --phrasing-v2 0.25 --object-weights 4=1.5 5=3 6=4 \
-  --family-weights where=1 relation=3 count=6 query_size=0.75 describe=4 --answer-balanced --answer-length-power 0.5 \
-  --eval-images 60 --eval-every 100000 --save-every 100000 --log-every 50
+cpu_stage="--preset shapes-small --steps 5000 --decay-by-time --batch-size 32 --lr 6e-5 --warmup 50
+  --mixed-precision bf16 --num-workers 1 --threads 2 --min-turns 4 --vqa-data data/easy-vqa-train --vqa-weight 0.25
+  --more-variety --phrasing-v2 0.25 --object-weights 4=1.5 5=3 6=4
+  --family-weights where=1 relation=3 count=6 query_size=0.75 describe=4 --answer-balanced --answer-length-power 0.5
+  --eval-images 60 --eval-every 100000 --save-every 100000 --log-every 50"
+python -m mmchat train --out runs/stage19 --init-from runs/gpu/final --seed 21 --max-minutes 45 $cpu_stage
 # Stage 20 (not shipped) tried --small-sides 0.5 --small-objects 0.65 on top of stage 19's settings.
 # Stage 21 is stage 19's settings once more, from stage 19, with its own seed; ended by
 # --max-minutes 40 at step 1,255.
-python -m mmchat train --out runs/stage21 --init-from runs/stage19/final --preset shapes-small --seed 23 \
-  --steps 5000 --max-minutes 40 --decay-by-time --batch-size 32 --lr 6e-5 --warmup 50 \
-  --mixed-precision bf16 --num-workers 1 --threads 2 --min-turns 4 --vqa-data data/easy-vqa-train --vqa-weight 0.25 \
-  --more-variety --phrasing-v2 0.25 --object-weights 4=1.5 5=3 6=4 \
-  --family-weights where=1 relation=3 count=6 query_size=0.75 describe=4 --answer-balanced --answer-length-power 0.5 \
-  --eval-images 60 --eval-every 100000 --save-every 100000 --log-every 50
+python -m mmchat train --out runs/stage21 --init-from runs/stage19/final --seed 23 --max-minutes 40 $cpu_stage
 # The gate's second version (16 features, clip art among its training sources; the model card says
 # why), trained afresh rather than copied. With today's code the train-gate line near the top trains
 # this version's features too; the first version's came from the code of its time.
