@@ -269,11 +269,17 @@ def _clipart_item(rng: random.Random, size: int) -> Image.Image:
     return item
 
 
+def _canvas(rng: random.Random) -> Image.Image:
+    """A square of 96-512 px, light (or, one time in seven, any colour), as a scene's background is."""
+    side = rng.randint(96, 512)
+    return Image.new("RGB", (side, side), _light(rng) if rng.random() < 0.85 else _any_colour(rng))
+
+
 def _clipart(rng: random.Random) -> Image.Image:
     """1-5 shaded, outlined or marked figures, free to overlap, on a light canvas: drawn like a scene
     of this world's objects but not one (a training source for the gate's image check)."""
-    side = rng.randint(96, 512)
-    image = Image.new("RGB", (side, side), _light(rng) if rng.random() < 0.85 else _any_colour(rng))
+    image = _canvas(rng)
+    side = image.width
     for _ in range(rng.randint(1, 5)):
         size = max(12, int(side * rng.uniform(0.15, 0.45)))
         item = _clipart_item(rng, size)
@@ -329,30 +335,31 @@ EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 _EMOJI_RANGES = ((0x1F300, 0x1F5FF), (0x1F600, 0x1F64F), (0x1F680, 0x1F6FF), (0x1F900, 0x1F9FF), (0x2600, 0x26FF))
 
 
+def _glyph(ch: str, font: ImageFont.FreeTypeFont) -> Image.Image:
+    """One emoji drawn in colour on a transparent canvas that holds the font's 109-px bitmaps."""
+    image = Image.new("RGBA", (136, 128), (0, 0, 0, 0))
+    ImageDraw.Draw(image).text((0, 0), ch, font=font, embedded_color=True)
+    return image
+
+
 @cache
 def _emoji_glyphs() -> tuple[tuple[str, ...], ImageFont.FreeTypeFont]:
     if not EMOJI_FONT.exists():
         raise FileNotFoundError(f"the emoji source needs {EMOJI_FONT}: apt-get install fonts-noto-color-emoji")
     font = ImageFont.truetype(str(EMOJI_FONT), 109)
-
-    def draw(ch: str) -> bytes:
-        image = Image.new("RGBA", (136, 128), (0, 0, 0, 0))
-        ImageDraw.Draw(image).text((0, 0), ch, font=font, embedded_color=True)
-        return image.tobytes()
-
-    missing = draw("\ue000")  # a private-use code point: the font's empty glyph
-    glyphs = tuple(ch for lo, hi in _EMOJI_RANGES for ch in map(chr, range(lo, hi + 1)) if draw(ch) != missing)
+    missing = _glyph("\ue000", font).tobytes()  # a private-use code point: the font's empty glyph
+    glyphs = tuple(ch for lo, hi in _EMOJI_RANGES for ch in map(chr, range(lo, hi + 1))
+                   if _glyph(ch, font).tobytes() != missing)
     return glyphs, font
 
 
 def _emoji(rng: random.Random) -> Image.Image:
     """1-4 emoji, each 15-45 % of the side, on a light canvas of 96-512 px."""
     glyphs, font = _emoji_glyphs()
-    side = rng.randint(96, 512)
-    image = Image.new("RGB", (side, side), _light(rng) if rng.random() < 0.85 else _any_colour(rng))
+    image = _canvas(rng)
+    side = image.width
     for _ in range(rng.randint(1, 4)):
-        glyph = Image.new("RGBA", (136, 128), (0, 0, 0, 0))
-        ImageDraw.Draw(glyph).text((0, 0), rng.choice(glyphs), font=font, embedded_color=True)
+        glyph = _glyph(rng.choice(glyphs), font)
         glyph = glyph.crop(glyph.getbbox() or (0, 0, 1, 1))
         size = max(8, int(side * rng.uniform(0.15, 0.45)))
         glyph = glyph.resize((size, max(1, int(size * glyph.height / glyph.width))), Image.LANCZOS)

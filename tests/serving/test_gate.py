@@ -57,7 +57,7 @@ def test_features_tell_a_flat_scene_from_noise(shapes_image, noise_image) -> Non
     assert gate.image_in_world(shapes_image) and not gate.image_in_world(noise_image)
 
 
-def test_features_see_touching_colours_and_shading(shapes_image) -> None:
+def test_features_see_touching_colours_and_marks_inside(shapes_image) -> None:
     """A scene's objects are flat and apart: two world colours side by side, or marks inside a
     figure, are what the gate's last two features measure (a scene scores 0 on both)."""
     contact, texture = FEATURES.index("colour_contact"), FEATURES.index("inner_texture")
