@@ -67,19 +67,23 @@ class GatedCrossAttentionBlock(nn.Module):
         hidden_states: torch.Tensor,  # (B, T, D)
         key_value: tuple[torch.Tensor, torch.Tensor],
         need_weights: bool = False,
+        keep: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`need_weights`: also the attention map, of every position, or of the last `keep` only."""
         B, T, D = hidden_states.shape
         k, v = key_value
         x = self.attn_norm(hidden_states)
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         q = q.to(v.dtype)
         weights = None
-        if need_weights:
+        if need_weights and not 0 < keep < T:
             # Spelled out only when the caller wants the map; SDPA does not return it.
             weights = torch.softmax((q @ k.transpose(-2, -1)) * self.head_dim**-0.5, dim=-1)  # (B, nh, T, N)
             y = weights @ v
         else:
             y = F.scaled_dot_product_attention(q, k, v)
+            if need_weights:  # a prompt's map at its last positions only: what generation reads
+                weights = torch.softmax((q[:, :, -keep:] @ k.transpose(-2, -1)) * self.head_dim**-0.5, dim=-1)
         y = y.transpose(1, 2).reshape(B, T, D).to(hidden_states.dtype)  # (B, T, D)
         hidden_states = hidden_states + self.attn_gate.tanh().to(hidden_states.dtype) * self.o_proj(y)
         mlp_out = self.mlp(self.mlp_norm(hidden_states))
@@ -102,12 +106,13 @@ class FusedDecoderLayer(nn.Module):
         *args,
         cross_attention_cache: CrossAttentionCache | None = None,
         cross_attentions: list[torch.Tensor] | None = None,
+        cross_attentions_keep: int = 0,
         **kwargs,
     ):
         if cross_attention_cache is not None:
             key_value = cross_attention_cache.get(self.layer_idx, self.cross_attn.project_kv)
             hidden_states, weights = self.cross_attn(
-                hidden_states, key_value, need_weights=cross_attentions is not None
+                hidden_states, key_value, need_weights=cross_attentions is not None, keep=cross_attentions_keep
             )
             if cross_attentions is not None:
                 cross_attentions.append(weights)

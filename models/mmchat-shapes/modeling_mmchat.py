@@ -71,7 +71,8 @@ class MMChatOutput(ModelOutput):
     past_key_values: Any = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
-    cross_attentions: tuple[torch.Tensor, ...] | None = None  # per fused layer: (B, nh, T, N)
+    # per fused layer: (B, nh, T, N); with an int `logits_to_keep` k > 0, the last k positions only
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
     cross_attention_cache: CrossAttentionCache | None = None
 
 
@@ -193,6 +194,8 @@ class MMChatForConditionalGeneration(MMChatPreTrainedModel, GenerationMixin):
             logits_to_keep=logits_to_keep,
             cross_attention_cache=cross_attention_cache,
             cross_attentions=recorder,
+            # The maps of the positions whose logits are kept: a prompt's others are not wanted.
+            cross_attentions_keep=logits_to_keep if isinstance(logits_to_keep, int) else 0,
             **kwargs,
         )
         return MMChatOutput(

@@ -42,6 +42,19 @@ def test_forward_shapes_and_cross_attention_maps(model):
         assert w.shape == (2, model.config.cross_attention_heads, 7, n_patches)
         torch.testing.assert_close(w.sum(-1), torch.ones_like(w.sum(-1)))  # a distribution over patches
 
+def test_kept_logits_keep_the_same_positions_cross_attention_maps(model):
+    """With `logits_to_keep` k, the maps are those of the last k positions only, as in the full maps."""
+    open_gates(model)
+    x = inputs()
+    with torch.no_grad():
+        full = model(**x, output_cross_attentions=True)
+        last = model(**x, output_cross_attentions=True, logits_to_keep=2)
+    torch.testing.assert_close(last.logits, full.logits[:, -2:])
+    for kept, every in zip(last.cross_attentions, full.cross_attentions, strict=True):
+        assert kept.shape == (2, model.config.cross_attention_heads, 2, every.shape[-1])
+        torch.testing.assert_close(kept, every[:, :, -2:])
+
+
 
 def test_closed_gates_leave_the_language_model_unchanged(model):
     x = inputs()
