@@ -44,6 +44,9 @@ __all__ = [
 ]
 
 
+READS_KEPT = 32  # images read (`ChatEngine._read`) kept for their next turn: up to 3.8 MB each
+
+
 class ChatEngine:
     """Answers questions about images for many users at once with a loaded family adapter.
 
@@ -86,6 +89,8 @@ class ChatEngine:
         self._attention: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._attention_lock = threading.Lock()  # also guards _verdicts
         self._verdicts: OrderedDict[str, bool] = OrderedDict()  # image key -> the world gate's verdict
+        # source (a path as it is now, or a PIL image) -> (its weak reference, the image read, its key)
+        self._reads: OrderedDict[tuple, tuple[Any, Image.Image, str]] = OrderedDict()
 
     @classmethod
     def from_pretrained(
@@ -101,7 +106,7 @@ class ChatEngine:
     def release(self, image: Any) -> None:
         """Free what is cached for `image` (its features, its conversations' keys/values)."""
         if self.scheduler is not None:
-            self.scheduler.release([self._image_key(load_image(image))])
+            self.scheduler.release([self._read(image)[1]])
 
     def describe(self) -> str:
         a = self.adapter
@@ -116,10 +121,43 @@ class ChatEngine:
 
     def check(self, image: Any, question: str | None) -> tuple[Image.Image, str]:
         """Validate the inputs; raises ChatInputError (or ImageInputError) with a readable message."""
+        image, _, question = self._checked(image, question)
+        return image, question
+
+    def _checked(self, image: Any, question: str | None) -> tuple[Image.Image, str, str]:
+        """`check`, and the image's `_image_key`."""
         if image is None:
             raise ChatInputError("Please upload an image first, then ask about it.")
         question = check_question(question)
-        return load_image(image), question
+        return *self._read(image), question
+
+    def _read(self, source: Any) -> tuple[Image.Image, str]:
+        """`load_image(source)` and its `_image_key`, once per source: each turn of a conversation and
+        its heat-map bring the same picture again (a path, or the same PIL image), and reading and
+        hashing it again took 0.3-0.5 ms each time. A path is known again by its size and time of
+        change; a PIL image by being the same object, so one changed in place after it was given is
+        still read as it was (give a new image for a new picture)."""
+        if isinstance(source, Image.Image):
+            memo, ref = ("object", id(source)), weakref.ref(source)
+        elif isinstance(source, str | Path) and Path(source).is_file():
+            stat = Path(source).stat()
+            memo, ref = ("path", str(source), stat.st_size, stat.st_mtime_ns), None
+        else:
+            memo = ref = None
+        if memo is not None:
+            with self._attention_lock:
+                hit = self._reads.get(memo)
+                if hit is not None and (hit[0] is None or hit[0]() is source):  # an id can be reused
+                    self._reads.move_to_end(memo)
+                    return hit[1], hit[2]
+        image = load_image(source)
+        key = self._image_key(image)
+        if memo is not None:
+            with self._attention_lock:
+                self._reads[memo] = (ref, image, key)
+                while len(self._reads) > READS_KEPT:
+                    self._reads.popitem(last=False)
+        return image, key
 
     def _asked(
         self, image: Image.Image, key: str, question: str, history: list[Turn]
@@ -190,8 +228,8 @@ class ChatEngine:
         stop_event: threading.Event | None = None,
     ) -> Reply:
         """Queue one answer; iterate the returned `Reply` for the text as it grows."""
-        image, question = self.check(image, question)
-        return self._enqueue(image, self._image_key(image), question, history or [], settings, stop_event)
+        image, key, question = self._checked(image, question)
+        return self._enqueue(image, key, question, history or [], settings, stop_event)
 
     def _enqueue(
         self,
@@ -233,8 +271,7 @@ class ChatEngine:
         stop_event: threading.Event | None = None,
     ) -> Iterator[str]:
         """Yield the answer so far, growing, until generation ends or `stop_event` is set."""
-        image, question = self.check(image, question)
-        key = self._image_key(image)
+        image, key, question = self._checked(image, question)
         question, history = self._asked(image, key, question, history or [])
         if question is None:  # outside the model's world: declined before any generation
             yield UNANSWERABLE
@@ -280,8 +317,9 @@ class ChatEngine:
     def answer_batch(self, images: list[Any], questions: list[str], settings: GenerationSettings | None = None) -> list[str]:
         """Answer many single-turn questions at once (evaluation)."""
         settings = settings or GenerationSettings()
-        checked = [self.check(image, question) for image, question in zip(images, questions)]
-        keys = [self._image_key(image) for image, _ in checked]
+        read = [self._checked(image, question) for image, question in zip(images, questions)]
+        checked = [(image, question) for image, _, question in read]
+        keys = [key for _, key, _ in read]
         # The world gate first, as in `stream`: declined questions are `unanswerable`, the rest asked as worded by it.
         asked = [(image, self._asked(image, key, question, [])[0]) for (image, question), key in zip(checked, keys)]
         answers = [UNANSWERABLE] * len(asked)
@@ -321,11 +359,12 @@ class ChatEngine:
         (another engine's answer) from one forward pass over the prompt and the answer."""
         if not self.adapter.batched or not answer:
             return None
-        return self._answer_attention(*self.check(image, question), answer, history or [])
+        return self._answer_attention(*self._checked(image, question), answer, history or [])
 
-    def _answer_attention(self, image: Image.Image, question: str, answer: str, history: list[Turn]) -> torch.Tensor | None:
-        """`answer_attention` for an image and question already checked."""
-        key = self._image_key(image)
+    def _answer_attention(
+        self, image: Image.Image, key: str, question: str, answer: str, history: list[Turn]
+    ) -> torch.Tensor | None:
+        """`answer_attention` for an image and question already checked (`key`: the image's `_image_key`)."""
         question, history = self._asked(image, key, question, history)  # as the answering pass was asked
         if question is None:
             return None
@@ -341,12 +380,12 @@ class ChatEngine:
         """The image with the model's cross-attention for `answer` drawn over it, where the family has it."""
         if not self.adapter.shows_attention or not answer or answer == UNANSWERABLE:
             return None
-        image, question = self.check(image, question)
+        image, key, question = self._checked(image, question)
         if self.adapter.batched:
-            weights = self._answer_attention(image, question, answer, history or [])
+            weights = self._answer_attention(image, key, question, answer, history or [])
             grid = None if weights is None or not len(weights) else self.adapter.grid_from_weights(weights.mean(0))
         else:
-            asked, history = self._asked(image, self._image_key(image), question, history or [])
+            asked, history = self._asked(image, key, question, history or [])
             if asked is None:
                 return None
             inputs = self._fit_history(image, asked, history)
@@ -361,8 +400,8 @@ class ChatEngine:
         phrase's tokens while answering; [] when the answer names no object or the family has no map."""
         if not self.adapter.batched or not object_phrases(answer):
             return []
-        image, question = self.check(image, question)
-        weights = self._answer_attention(image, question, answer, history or [])  # (A, N), one row per answer token
+        image, key, question = self._checked(image, question)
+        weights = self._answer_attention(image, key, question, answer, history or [])  # (A, N), one row per answer token
         if weights is None or not len(weights):
             return []
         side = math.isqrt(weights.shape[-1])  # a square grid of patches; a ViT's CLS token dropped
