@@ -494,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="sys.setswitchinterval for every path, as `python app.py` sets it (0: Python's 5 ms)")
     p.add_argument("--family-dir", help="for --family blip/mllama: build the model here, or reuse the one built there")
     p.add_argument("--build-only", action="store_true", help="build the --family model into --family-dir and exit")
-    p.add_argument("--heat-convs", type=int, default=16, help="lone conversations per heat-map cost run (two runs)")
+    p.add_argument("--heat-convs", type=int, default=48, help="lone conversations per heat-map cost run (two runs)")
     p.add_argument("--lone-convs", type=int, default=8, help="conversations, one after another, for each 1-user figure")
     p.add_argument("--json", help="write every figure here")
     p.add_argument("--serve-legacy", type=int, help=argparse.SUPPRESS)
