@@ -40,11 +40,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mmchat.data.shapes import render_scene, sample_question, sample_scene  # noqa: E402
-from mmchat.serving.engine import ChatEngine, GenerationSettings  # noqa: E402
+from mmchat.serving.engine import ChatEngine, ChatInputError, GenerationSettings  # noqa: E402
 from mmchat.serving.families import FamilyAdapter, Turn  # noqa: E402
+from mmchat.serving.images import load_image  # noqa: E402
 from mmchat.serving.loading import DTYPES, load_model  # noqa: E402
 from mmchat.serving.overlay import overlay_attention  # noqa: E402
 from mmchat.serving.process import configure_process  # noqa: E402
+from mmchat.serving.questions import check_question  # noqa: E402
 
 SETTINGS = GenerationSettings(max_new_tokens=16)
 
@@ -70,7 +72,10 @@ class LegacyEngine:
         return f"{Path(str(getattr(self.adapter, 'source', '?'))).name} · legacy · one at a time"
 
     def check(self, image: Any, question: str | None) -> tuple[Image.Image, str]:
-        return ChatEngine.check(self, image, question)  # the same input checks the app makes
+        """The input checks the app made (and makes): a question with letters, an image that reads."""
+        if image is None:
+            raise ChatInputError("Please upload an image first, then ask about it.")
+        return load_image(image), check_question(question)
 
     def _inputs(self, image: Image.Image, question: str, history: list[Turn]) -> dict[str, torch.Tensor]:
         history = list(history) if self.adapter.multi_turn else []
@@ -83,8 +88,6 @@ class LegacyEngine:
 
     def stream(self, image: Any, question: str, history: list[Turn] | None = None, settings: GenerationSettings | None = None) -> Iterator[str]:
         from transformers import TextIteratorStreamer
-
-        from mmchat.serving.images import load_image
 
         settings = settings or SETTINGS
         with self.lock:
@@ -108,8 +111,6 @@ class LegacyEngine:
         return text
 
     def attention_overlay(self, image: Any, question: str, answer: str, history: list[Turn] | None = None) -> Image.Image | None:
-        from mmchat.serving.images import load_image
-
         if not self.adapter.shows_attention or not answer:
             return None
         with self.lock:
