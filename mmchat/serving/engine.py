@@ -317,11 +317,10 @@ class ChatEngine:
     def answer_batch(self, images: list[Any], questions: list[str], settings: GenerationSettings | None = None) -> list[str]:
         """Answer many single-turn questions at once (evaluation)."""
         settings = settings or GenerationSettings()
-        read = [self._checked(image, question) for image, question in zip(images, questions)]
-        checked = [(image, question) for image, _, question in read]
-        keys = [key for _, key, _ in read]
+        checked = [self._checked(image, question) for image, question in zip(images, questions)]
+        keys = [key for _, key, _ in checked]
         # The world gate first, as in `stream`: declined questions are `unanswerable`, the rest asked as worded by it.
-        asked = [(image, self._asked(image, key, question, [])[0]) for (image, question), key in zip(checked, keys)]
+        asked = [(image, self._asked(image, key, question, [])[0]) for image, key, question in checked]
         answers = [UNANSWERABLE] * len(asked)
         kept = [i for i, (_, question) in enumerate(asked) if question is not None]
         if not kept:
