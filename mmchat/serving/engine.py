@@ -87,7 +87,7 @@ class ChatEngine:
         # token, from the answering pass. Keyed by the words, not the prompt's token ids: rebuilding
         # the prompt (chat template, tokenizer) to look a picture up took 0.37 of its 1.7 ms.
         self._attention: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        self._attention_lock = threading.Lock()  # also guards _verdicts
+        self._attention_lock = threading.Lock()  # also guards _verdicts and _reads
         self._verdicts: OrderedDict[str, bool] = OrderedDict()  # image key -> the world gate's verdict
         # source (a path as it is now, or a PIL image) -> (its weak reference, the image read, its key)
         self._reads: OrderedDict[tuple, tuple[Any, Image.Image, str]] = OrderedDict()
