@@ -40,13 +40,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mmchat.data.shapes import render_scene, sample_question, sample_scene  # noqa: E402
-from mmchat.serving.engine import ChatEngine, ChatInputError, GenerationSettings  # noqa: E402
+from mmchat.serving.engine import ChatEngine, GenerationSettings, check_request  # noqa: E402
 from mmchat.serving.families import FamilyAdapter, Turn  # noqa: E402
 from mmchat.serving.images import load_image  # noqa: E402
 from mmchat.serving.loading import DTYPES, load_model  # noqa: E402
 from mmchat.serving.overlay import overlay_attention  # noqa: E402
 from mmchat.serving.process import configure_process  # noqa: E402
-from mmchat.serving.questions import check_question  # noqa: E402
 
 SETTINGS = GenerationSettings(max_new_tokens=16)
 
@@ -73,9 +72,8 @@ class LegacyEngine:
 
     def check(self, image: Any, question: str | None) -> tuple[Image.Image, str]:
         """The input checks the app made (and makes): a question with letters, an image that reads."""
-        if image is None:
-            raise ChatInputError("Please upload an image first, then ask about it.")
-        return load_image(image), check_question(question)
+        question = check_request(image, question)
+        return load_image(image), question
 
     def _inputs(self, image: Image.Image, question: str, history: list[Turn]) -> dict[str, torch.Tensor]:
         history = list(history) if self.adapter.multi_turn else []

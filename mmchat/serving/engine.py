@@ -44,6 +44,13 @@ __all__ = [
 ]
 
 
+def check_request(image: Any, question: str | None) -> str:
+    """The question as checked (`check_question`), once there is an image to ask about."""
+    if image is None:
+        raise ChatInputError("Please upload an image first, then ask about it.")
+    return check_question(question)
+
+
 READS_KEPT = 32  # images read (`ChatEngine._read`) kept for their next turn: up to 3.8 MB each
 
 
@@ -126,9 +133,7 @@ class ChatEngine:
 
     def _checked(self, image: Any, question: str | None) -> tuple[Image.Image, str, str]:
         """`check`, and the image's `_image_key`."""
-        if image is None:
-            raise ChatInputError("Please upload an image first, then ask about it.")
-        question = check_question(question)
+        question = check_request(image, question)
         return *self._read(image), question
 
     def _read(self, source: Any) -> tuple[Image.Image, str]:
