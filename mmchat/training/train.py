@@ -124,6 +124,7 @@ class TrainConfig:
     more_variety: bool = False  # more small sides, equilateral triangles, noise over objects (all within the spec)
     small_sides: float = -1.0  # share of scenes at 96-160 px; -1: a third with --more-variety, else none
     small_objects: float = -1.0  # share of objects drawn small (training only); -1: the spec's half
+    native_sides: float = 0.0  # share of scenes drawn at the model's own input side: they reach the ViT unresampled
     phrasing_v2: float = 0.0  # share of ShapesVQA questions asked in a random v2 form (mmchat.data.phrasing)
     easy: bool = False  # curriculum stage: scenes of 1-2 objects, no relation/compare questions
     vqa_data: list[str] = field(default_factory=list)
@@ -335,7 +336,8 @@ def train(cfg: TrainConfig) -> Path:
             seed, cfg.max_turns, cfg.min_turns, family_weights=family_weights,
             object_weights=parse_object_weights(cfg.object_weights), more_variety=cfg.more_variety,
             phrasing_v2=cfg.phrasing_v2, small_sides=None if cfg.small_sides < 0 else cfg.small_sides,
-            small_objects=None if cfg.small_objects < 0 else cfg.small_objects, **easy,
+            small_objects=None if cfg.small_objects < 0 else cfg.small_objects,
+            native_side=getattr(model.config.vision_config, "image_size", None), native_sides=cfg.native_sides, **easy,
         )
         sources, weights = [shapes], [cfg.shapes_weight]
         if vqa_examples:

@@ -240,6 +240,18 @@ def test_training_can_draw_more_small_renders_and_small_objects() -> None:
     assert 0.72 < small_objects < 0.88, small_objects
 
 
+def test_training_can_draw_scenes_at_the_models_own_input_side() -> None:
+    """--native-sides 0.5 draws half the scenes at exactly the ViT's side (unresampled); off, the
+    stream is what it was, so earlier stages' seeds replay the same conversations."""
+    native = [next(s).image.size[0] for s in [iter(ShapesConversations(seed=0, native_side=96, native_sides=0.5))] for _ in range(200)]
+    assert 0.4 < native.count(96) / len(native) < 0.6, native.count(96)
+    plain, off = iter(ShapesConversations(seed=3)), iter(ShapesConversations(seed=3, native_side=96, native_sides=0.0))
+    for _ in range(20):
+        a, b = next(plain), next(off)
+        assert a.image.size == b.image.size and a.turns == b.turns
+    assert sum(next(plain).image.size[0] == 96 for _ in range(200)) < 10
+
+
 def test_the_spec_draw_of_sizes_is_even_and_unchanged_by_default() -> None:
     """Without small_share a seeded scene is what it always was (data sets are rebuilt from seeds)."""
     before = ["llls", "ll", "l", "sl", "ls", "lssll", "lslll", "sss"]  # seeds 0-7, before small_share existed
