@@ -243,7 +243,8 @@ def test_training_can_draw_more_small_renders_and_small_objects() -> None:
 def test_training_can_draw_scenes_at_the_models_own_input_side() -> None:
     """--native-sides 0.5 draws half the scenes at exactly the ViT's side (unresampled); off, the
     stream is what it was, so earlier stages' seeds replay the same conversations."""
-    native = [next(s).image.size[0] for s in [iter(ShapesConversations(seed=0, native_side=96, native_sides=0.5))] for _ in range(200)]
+    stream = iter(ShapesConversations(seed=0, native_side=96, native_sides=0.5))
+    native = [next(stream).image.size[0] for _ in range(200)]
     assert 0.4 < native.count(96) / len(native) < 0.6, native.count(96)
     plain, off = iter(ShapesConversations(seed=3)), iter(ShapesConversations(seed=3, native_side=96, native_sides=0.0))
     for _ in range(20):
