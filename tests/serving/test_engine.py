@@ -140,3 +140,23 @@ def test_on_a_cpu_image_keys_and_values_stay_in_fp32(tiny_checkpoint, shapes_ima
     weights = engine.answer_attention(shapes_image, "What color is the square?", answer)
     torch.testing.assert_close(weights.float().sum(-1), torch.ones(len(weights)), atol=2e-2, rtol=0)
     engine.close()
+
+
+def test_a_bf16_model_on_a_cpu_runs_small_forwards_on_an_fp32_copy(tiny_checkpoint, shapes_image):
+    """A few rows' decode steps run on an fp32 copy of a bf16 model's weights (a bf16 linear cost
+    about 70 µs however small there, an fp32 one 25 µs for one row); wider forwards run in bf16, and
+    a conversation's keys/values pass from one copy to the other between its turns."""
+    engine = ChatEngine.from_pretrained(tiny_checkpoint, device="cpu", dtype="bfloat16")
+    assert engine.adapter.small_model.dtype == torch.float32
+    settings = GenerationSettings(max_new_tokens=4)
+    q1, q2 = "What color is the square?", "Is there a red circle? Is there a blue square? How many objects are there?"
+    a1 = engine.answer(shapes_image, q1, [], settings)
+    key = engine._read(shapes_image)[1]
+    cached = engine.scheduler.prefixes.longest(key, engine.adapter.prompt_ids(q2, [Turn(q1, a1)]))[1]
+    assert {t.dtype for kv in cached for t in kv} == {torch.float32}  # its last step ran on the copy
+    a2 = engine.answer(shapes_image, q2, [Turn(q1, a1)], settings)  # a prefill wider than the copy's share
+    engine.adapter.small_model = None  # the same questions, every forward in bf16
+    engine.release(shapes_image)
+    b1 = engine.answer(shapes_image, q1, [], settings)
+    assert (b1, engine.answer(shapes_image, q2, [Turn(q1, b1)], settings)) == (a1, a2)
+    engine.close()
