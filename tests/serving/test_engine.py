@@ -154,7 +154,7 @@ def test_a_bf16_model_on_a_cpu_runs_small_forwards_on_an_fp32_copy(tiny_checkpoi
     key = engine._read(shapes_image)[1]
     cached = engine.scheduler.prefixes.longest(key, engine.adapter.prompt_ids(q2, [Turn(q1, a1)]))[1]
     assert {t.dtype for kv in cached for t in kv} == {torch.float32}  # its last step ran on the copy
-    a2 = engine.answer(shapes_image, q2, [Turn(q1, a1)], settings)  # a prefill wider than the copy's share
+    a2 = engine.answer(shapes_image, q2, [Turn(q1, a1)], settings)  # a prefill too wide for the copy
     engine.adapter.small_model = None  # the same questions, every forward in bf16
     engine.release(shapes_image)
     b1 = engine.answer(shapes_image, q1, [], settings)

@@ -35,8 +35,9 @@ class MMChatAdapter(FamilyAdapter):
 
     def __init__(self, model: MMChatForConditionalGeneration, processor: MMChatProcessor):
         super().__init__(model, processor)
-        cpu_bf16 = model.device.type == "cpu" and model.dtype == torch.bfloat16
-        self.small_model = copy.deepcopy(model).float() if cpu_bf16 and getattr(model, "hf_quantizer", None) is None else None
+        bf16_on_cpu = model.device.type == "cpu" and model.dtype == torch.bfloat16
+        unquantized = getattr(model, "hf_quantizer", None) is None
+        self.small_model = copy.deepcopy(model).float() if bf16_on_cpu and unquantized else None
 
     def max_context_tokens(self) -> int | None:
         return getattr(self.model.config.text_config, "max_position_embeddings", None)
