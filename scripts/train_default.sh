@@ -103,6 +103,8 @@ python -m mmchat train --out runs/stage21 --init-from runs/stage19/final --seed 
 # Stage 23 (not shipped) was the same from stage 21 with a fifth of the scenes at exactly the ViT's
 # 96 px (--seed 27 --max-minutes 45 --native-sides 0.2): it failed its rule (independent renderer's
 # 96 px count 95.31 %; see the card).
+# Stage 24 (not shipped) was stage 21's settings from stage 21 with twice the learning rate
+# (--seed 29 --max-minutes 30 --lr 1.2e-4): it failed the same rule (96 px count 96.09 %).
 # The gate's second version (16 features, clip art among its training sources; the model card says
 # why), trained afresh rather than copied. With today's code the train-gate line near the top trains
 # this version's features too; the first version's came from the code of its time.
