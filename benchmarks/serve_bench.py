@@ -493,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="sys.setswitchinterval for every path, as `python app.py` sets it (0: Python's 5 ms)")
     p.add_argument("--family-dir", help="for --family blip/mllama: build the model here, or reuse the one built there")
     p.add_argument("--build-only", action="store_true", help="build the --family model into --family-dir and exit")
-    p.add_argument("--heat-convs", type=int, default=48, help="lone conversations per heat-map cost run (two runs)")
+    p.add_argument("--heat-convs", type=int, default=32, help="lone conversations per heat-map cost run (two runs)")
+    p.add_argument("--heat-repeats", type=int, default=3, help="times each side answers each of those conversations")
     p.add_argument("--lone-convs", type=int, default=8, help="conversations, one after another, for each 1-user figure")
     p.add_argument("--json", help="write every figure here")
     p.add_argument("--serve-legacy", type=int, help=argparse.SUPPRESS)
@@ -553,21 +554,30 @@ def main(argv: list[str] | None = None) -> int:
     # Heat-map cost: the same lone conversations answered by the same engine with recording off and no
     # picture drawn, and with both. Each run starts with the conversation's image and turns
     # released from the caches, so both start alike (a second, fresh engine would hold less and run faster).
+    # Each side answers each conversation `--heat-repeats` times, alternating which goes first. Two
+    # estimates: all the answers' times summed, and each turn's best time (as timeit takes the best:
+    # on a shared CPU the other tenants only ever add time, and two runs of the sums read 4.9 % and
+    # 14.2 % with the same code, 5.5 % and 19.8 % in two more).
     heat_costs = []
     for rep in range(2):
         lone = conversations(args.heat_convs, args.turns, seed=7 + rep)
-        without, with_ = [], []
+        summed, best = {False: 0.0, True: 0.0}, {False: 0.0, True: 0.0}
         for i, conv in enumerate(lone):
             # The world gate's verdict on an image outlives `release` (the engine keeps it by the
-            # image's hash): judged here, so that neither run pays it alone (the first one did: that
-            # read 6-11 % where the cost was 12-18 %). Which side goes first alternates.
+            # image's hash): judged here, so that neither side pays it alone (the first one did: that
+            # read 6-11 % where the cost was 12-18 %).
             engine.answer(conv[0], conv[1][0])
-            sides = ((False, without), (True, with_))
-            for record, times in sides if i % 2 == 0 else sides[::-1]:
-                engine.release(conv[0])
-                engine.scheduler.record_attention = record and adapter.shows_attention
-                times += [r["latency"] for r in run_users(engine_ask(engine, tokenizer, overlay=record), [conv])["records"]]
-        heat_costs.append(sum(with_) / sum(without) - 1)
+            times: dict[bool, list[list[float]]] = {False: [], True: []}
+            for k in range(args.heat_repeats):
+                for record in (False, True) if (i + k) % 2 == 0 else (True, False):
+                    engine.release(conv[0])
+                    engine.scheduler.record_attention = record and adapter.shows_attention
+                    records = run_users(engine_ask(engine, tokenizer, overlay=record), [conv])["records"]
+                    times[record].append([r["latency"] for r in sorted(records, key=lambda r: r["turn"])])
+            for record, repeats in times.items():
+                summed[record] += sum(map(sum, repeats))
+                best[record] += sum(min(turn) for turn in zip(*repeats))
+        heat_costs.append({"summed": summed[True] / summed[False] - 1, "best": best[True] / best[False] - 1})
     engine.scheduler.record_attention = adapter.shows_attention
 
     # Answers the engine gave must be what the legacy path gives for the same conversation (greedy).
@@ -628,8 +638,8 @@ def main(argv: list[str] | None = None) -> int:
         ratio("engine follow-up turn / first turn (lone user, medians)", lone_e["follow"] / lone_e["first"], "<= 0.6x")
         ratio("today follow-up turn / first turn", base["follow"] / base["first"], "(before: ~1x)")
     for i, cost in enumerate(heat_costs):  # to a tenth of a per cent: the target is a round 10 %
-        print(f"heat-map cost on top of the answer (lone user, {args.heat_convs} conversations, run {i + 1}; "
-              f"recording + drawing): {cost:.1%} (target <= 10 %)")
+        print(f"heat-map cost on top of the answer (lone user, {args.heat_convs} conversations x {args.heat_repeats}, "
+              f"run {i + 1}; recording + drawing): {cost['summed']:.1%} summed, {cost['best']:.1%} each turn's best (target <= 10 %)")
     ratio("today heat-map cost on top of the answer", base["heat"] / (base["p50"] - base["heat"]), "(before)")
     print(f"answers that differ from today's path (greedy, {len(check)} compared): {mixed} (target 0)")
     best = max(r["answers_s"] for r in eng.values())
