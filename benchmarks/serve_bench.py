@@ -556,8 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     # released from the caches, so both start alike (a second, fresh engine would hold less and run faster).
     # Each side answers each conversation `--heat-repeats` times, alternating which goes first. Two
     # estimates: all the answers' times summed, and each turn's best time (as timeit takes the best:
-    # on a shared CPU the other tenants only ever add time, and two runs of the sums read 4.9 % and
-    # 14.2 % with the same code, 5.5 % and 19.8 % in two more).
+    # on a shared CPU the other tenants only ever add time: the sums over the same 48 conversations,
+    # once each, read 4.9 % in one run and 19.8 % in the next).
     heat_costs = []
     for rep in range(2):
         lone = conversations(args.heat_convs, args.turns, seed=7 + rep)
