@@ -58,11 +58,10 @@ class ImageSlots:
         n = len(keep)
         holes = [i for i in range(n) if i not in alive]
         movers = [i for i in range(n, self.n) if i in alive]
+        order = list(range(n))
         for hole, mover in zip(holes, movers):  # row by row: an indexed gather and scatter copied each twice
             for buffer in self.buffers:
                 buffer[hole].copy_(buffer[mover])
-        order = list(range(n))
-        for hole, mover in zip(holes, movers):
             order[hole] = mover
         self.n = n
         return order, self._view()
