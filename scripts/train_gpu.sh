@@ -17,6 +17,8 @@
 # the tool names (files_at):
 #   cp -rn models/mmchat-shapes/. FILES_AT/model/ && rm FILES_AT/model/model.safetensors   # tokenizer etc.
 # (To ship it, join the shards into one model.safetensors: safetensors' load_file and save_file.)
+# Then score it on the selection sets (`bash scripts/select_stage.sh FOLDER OUT`, the world gate copied in)
+# against a rule written down before the run.
 # Arguments: MINUTES (the time box) BATCH LR SEED.
 set -euo pipefail
 minutes=${1:-6} batch=${2:-128} lr=${3:-2.5e-4} seed=${4:-101}
