@@ -31,7 +31,7 @@ def probe_error(
     features, places = [], []
     for _ in range(scenes):
         image = render_scene(sample_scene(rng, 224), rng, 224)
-        pixels = processor.image_processor(image, return_tensors="pt")["pixel_values"]
+        pixels = processor.pixel_values(image)["pixel_values"]
         with torch.no_grad():
             patches = model.encode_images(pixels).image_states[0].float()  # (N, D)
         side = math.isqrt(patches.shape[0])

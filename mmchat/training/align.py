@@ -56,7 +56,7 @@ class CaptionCollator:
     def __call__(self, pairs: list[tuple[Image.Image, str]]) -> dict[str, torch.Tensor]:
         images, captions = zip(*pairs)
         text = self.processor.tokenizer(list(captions), padding=True, return_tensors="pt", padding_side="right")
-        pixels = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+        pixels = self.processor.pixel_values(list(images))["pixel_values"]
         return {"input_ids": text["input_ids"], "attention_mask": text["attention_mask"], "pixel_values": pixels}
 
 

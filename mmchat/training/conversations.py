@@ -105,7 +105,7 @@ class ConversationCollator:
             input_ids[i, : len(ids)] = torch.tensor(ids)
             labels[i, : len(lab)] = torch.tensor(lab)
             attention_mask[i, : len(ids)] = 1
-        pixel_values = self.processor.image_processor([c.image for c in conversations], return_tensors="pt")
+        pixel_values = self.processor.pixel_values([c.image for c in conversations])
         batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,

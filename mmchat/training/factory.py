@@ -9,7 +9,7 @@ from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPi
 
 from ..modeling.configuration_mmchat import MMChatConfig
 from ..modeling.modeling_mmchat import MMChatForConditionalGeneration
-from ..modeling.processing_mmchat import MMChatProcessor
+from ..modeling.processing_mmchat import BILINEAR_ANTIALIAS_SIGMA, MMChatProcessor
 from .tokenizer import build_tokenizer
 
 # ImageNet statistics, as ViTs expect; 0.5/0.5 would do as well for a ViT trained from scratch.
@@ -20,7 +20,8 @@ def build_processor(image_size: int, corpus: Iterable[str], vocab_size: int) -> 
     image_processor = ViTImageProcessorPil(
         size={"height": image_size, "width": image_size}, image_mean=IMAGE_MEAN, image_std=IMAGE_STD
     )
-    return MMChatProcessor(image_processor, build_tokenizer(corpus, vocab_size))
+    # Scenes drawn at exactly the model's side are softened as the resize softens all larger ones.
+    return MMChatProcessor(image_processor, build_tokenizer(corpus, vocab_size), antialias_sigma=BILINEAR_ANTIALIAS_SIGMA)
 
 
 def build_model_and_processor(

@@ -9,9 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 from transformers import BatchFeature, ProcessorMixin
 from transformers.image_utils import load_image
+
+# The bilinear resize reduces an image through a triangle filter one output pixel wide on each side,
+# which softens its edges by this sigma (in output pixels); see `MMChatProcessor.soften`.
+BILINEAR_ANTIALIAS_SIGMA = 6**-0.5
 
 # One image per conversation: every text token attends over it by cross-attention, so the
 # template needs no image placeholder. Turns end with <|end|>, the EOS token.
@@ -66,8 +70,15 @@ def one_image_each(images: Image.Image | str | list[Any]) -> list[Image.Image]:
 class MMChatProcessor(ProcessorMixin):
     """Image processor + tokenizer + chat template, saved and loaded with the checkpoint."""
 
-    def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None):
+    def __init__(
+        self,
+        image_processor: Any = None,
+        tokenizer: Any = None,
+        chat_template: str | None = None,
+        antialias_sigma: float = 0.0,
+    ):
         super().__init__(image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE)
+        self.antialias_sigma = antialias_sigma
 
     def __call__(
         self,
@@ -89,9 +100,28 @@ class MMChatProcessor(ProcessorMixin):
         if text is not None:
             data.update(self.tokenizer(text, return_tensors=return_tensors, **{"padding": True, **kwargs}))
         if images is not None:
-            images = [to_rgb(image) for image in one_image_each(images)]
-            data.update(self.image_processor(images, return_tensors=return_tensors))
+            data.update(self.pixel_values(images, return_tensors))
         return BatchFeature(data=data)
+
+    def pixel_values(self, images: Any, return_tensors: str = "pt") -> BatchFeature:
+        """`pixel_values` for one image per conversation, as training and serving both read them."""
+        images = [self.soften(to_rgb(image)) for image in one_image_each(images)]
+        return self.image_processor(images, return_tensors=return_tensors)
+
+    def soften(self, image: Image.Image) -> Image.Image:
+        """Blur each axis the resize leaves at its own length by `antialias_sigma` px.
+
+        Reducing a larger image softens its edges (`BILINEAR_ANTIALIAS_SIGMA`), so a model trained on
+        scenes drawn at 97-512 px saw soft edges; a scene drawn at exactly the model's side would
+        reach it hard-edged. The shipped model undercounted those (97.0 % of 900 count questions of
+        the independent renderer at 96 px, against 98.9 % softened; see its card). An upsampled
+        image is softened by its interpolation and left alone."""
+        size = getattr(self.image_processor, "size", None) or {}
+        if not self.antialias_sigma or "width" not in size:
+            return image
+        sx = self.antialias_sigma if image.width == size["width"] else 0.0
+        sy = self.antialias_sigma if image.height == size["height"] else 0.0
+        return image.filter(ImageFilter.GaussianBlur((sx, sy))) if sx or sy else image
 
     def prompt(self, messages: list[dict[str, Any]]) -> str:
         """The text the model continues: the conversation so far, then the assistant's turn."""
