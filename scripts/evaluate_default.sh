@@ -39,4 +39,4 @@ for split in "224 20261127" "96 20261128"; do
 done
 python -m mmchat card "$model" --results "$results"/*.json
 # Version 2 (phrasing, describe, unanswerable): fresh sets, through the world gate.
-bash scripts/evaluate_v2.sh "$model"
+bash scripts/evaluate_v2.sh "$model" 20261130 300  # the 900-question sets of those rows

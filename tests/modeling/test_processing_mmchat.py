@@ -8,6 +8,7 @@ from PIL import Image
 from transformers import ViTImageProcessorPil
 
 from mmchat.modeling.processing_mmchat import BILINEAR_ANTIALIAS_SIGMA, MMChatProcessor
+from mmchat.serving.loading import DEFAULT_MODEL
 from mmchat.training.factory import TINY_CORPUS, build_processor
 
 
@@ -52,3 +53,7 @@ def test_the_setting_travels_with_the_checkpoint(processor, tmp_path):
     old = MMChatProcessor(ViTImageProcessorPil(size={"height": 96, "width": 96}), processor.tokenizer)
     assert old.antialias_sigma == 0.0 and np.unique(edge_row(old, hard_edged_scene(96))).size == 2
 
+
+
+def test_the_shipped_model_softens_its_native_side():
+    assert MMChatProcessor.from_pretrained(DEFAULT_MODEL).antialias_sigma == pytest.approx(BILINEAR_ANTIALIAS_SIGMA)
