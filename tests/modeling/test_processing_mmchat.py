@@ -24,8 +24,8 @@ def processor() -> MMChatProcessor:
     return build_processor(96, TINY_CORPUS, vocab_size=300)
 
 
-def edge_row(processor: MMChatProcessor, image: Image.Image, **kwargs) -> np.ndarray:
-    return processor.pixel_values(image, **kwargs)["pixel_values"][0, 0, 36].numpy()
+def edge_row(processor: MMChatProcessor, image: Image.Image) -> np.ndarray:
+    return processor.pixel_values(image)["pixel_values"][0, 0, 36].numpy()
 
 
 def test_a_scene_at_the_models_side_is_softened_like_a_reduced_one(processor):
@@ -52,7 +52,6 @@ def test_the_setting_travels_with_the_checkpoint(processor, tmp_path):
     # A processor saved before the setting existed loads with it off, as it was trained.
     old = MMChatProcessor(ViTImageProcessorPil(size={"height": 96, "width": 96}), processor.tokenizer)
     assert old.antialias_sigma == 0.0 and np.unique(edge_row(old, hard_edged_scene(96))).size == 2
-
 
 
 def test_the_shipped_model_softens_its_native_side():
