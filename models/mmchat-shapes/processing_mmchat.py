@@ -111,11 +111,12 @@ class MMChatProcessor(ProcessorMixin):
     def soften(self, image: Image.Image) -> Image.Image:
         """Blur each axis the resize leaves at its own length by `antialias_sigma` px.
 
-        Reducing a larger image softens its edges (`BILINEAR_ANTIALIAS_SIGMA`), so a model trained on
-        scenes drawn at 97-512 px saw soft edges; a scene drawn at exactly the model's side would
-        reach it hard-edged. The shipped model undercounted those: 96.56 % of 1,800 count questions
-        of the independent renderer at 96 px, 98.33 % softened (see its card). An upsampled image
-        is softened by its interpolation and left alone."""
+        Reducing a larger image softens its edges (`BILINEAR_ANTIALIAS_SIGMA`) on top of whatever
+        anti-aliasing its renderer did, so a model trained on scenes drawn at 97-512 px saw edges
+        that soft; a scene drawn at exactly the model's side would reach it with its renderer's
+        anti-aliasing alone (at most one partly covered pixel). The shipped model undercounted
+        those: 96.56 % of 1,800 count questions of the independent renderer at 96 px, 98.33 %
+        softened (see its card). An upsampled image is softened by its interpolation and left alone."""
         size = getattr(self.image_processor, "size", None) or {}
         if not self.antialias_sigma or "width" not in size:
             return image
