@@ -105,6 +105,10 @@ python -m mmchat train --out runs/stage21 --init-from runs/stage19/final --seed 
 # 96 px count 95.31 %; see the card).
 # Stage 24 (not shipped) was stage 21's settings from stage 21 with twice the learning rate
 # (--seed 29 --max-minutes 30 --lr 1.2e-4): it failed the same rule (96 px count 96.09 %).
+# Stage 25 (not shipped) was stage 21's settings from models/mmchat-shapes (its processor softens
+# scenes drawn at 96 px, in training too) with --seed 31 --max-minutes 50 --native-sides 0.2 and
+# count=10 in --family-weights: it failed its rule (pooled count selection sets no better; 290 of 300
+# descriptions exact; see the card).
 # The gate's second version (16 features, clip art among its training sources; the model card says
 # why), trained afresh rather than copied. With today's code the train-gate line near the top trains
 # this version's features too; the first version's came from the code of its time.
