@@ -268,6 +268,32 @@ def engine_ask(engine: Any, tokenizer: Any, overlay: bool = True) -> Callable:
     return ask
 
 
+def describe_drafts(adapter: Any, n: int, draft_tokens: int) -> dict[str, Any]:
+    """Speculative decoding where answers are long: `n` lone "Describe the image." answers from two
+    engines on the one model, one drafting (`mmchat.serving.drafts`) and one not, alternating which
+    goes first; the drafting one learns its table from its own answers as it goes."""
+    engines = {d: ChatEngine(adapter, draft_tokens=d) for d in (0, max(1, draft_tokens))}
+    settings = GenerationSettings(max_new_tokens=128)
+    times: dict[int, list[float]] = {d: [] for d in engines}
+    answers: dict[int, list[str]] = {d: [] for d in engines}
+    for i, (image, _) in enumerate(conversations(n, 1, seed=31)):
+        for d in sorted(engines, reverse=i % 2 == 1):
+            engines[d].release(image)
+            start = time.perf_counter()
+            answers[d].append(engines[d].answer(image, "Describe the image.", [], settings))
+            times[d].append(time.perf_counter() - start)
+    off, on = sorted(engines)
+    s = engines[on].scheduler
+    result = {
+        "off_s": statistics.median(times[off]), "on_s": statistics.median(times[on]),
+        "steps": (engines[off].scheduler.steps, s.steps), "kept": (s.accepted, s.drafted),
+        "differ": sum(a != b for a, b in zip(answers[off], answers[on])), "n": n,
+    }
+    for engine in engines.values():
+        engine.close()
+    return result
+
+
 # --------------------------------------------------------------------------- FLOPs and the compute limit
 
 
@@ -496,6 +522,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heat-convs", type=int, default=32, help="lone conversations per heat-map cost run (two runs)")
     p.add_argument("--heat-repeats", type=int, default=3, help="times each side answers each of those conversations")
     p.add_argument("--lone-convs", type=int, default=8, help="conversations, one after another, for each 1-user figure")
+    p.add_argument("--draft-tokens", type=int, default=4,
+                   help="the engine's speculative draft tokens a row (mmchat.serving.drafts; 0: none)")
+    p.add_argument("--describe", type=int, default=16,
+                   help="lone descriptions answered with the engine's drafts and without, alternating (0: skip)")
     p.add_argument("--json", help="write every figure here")
     p.add_argument("--serve-legacy", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -542,14 +572,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  today, {n} users: {r['answers_s']:.2f} answers/s", flush=True)
         rows.append(("today (batch-1 generate, second-pass heat-map)", n, r))
 
-    engine = ChatEngine(adapter, max_batch=max(args.users))
+    engine = ChatEngine(adapter, max_batch=max(args.users), draft_tokens=args.draft_tokens)
     engine.answer(convs_all[0][0], convs_all[0][1][0])  # warm-up
     for n in args.users:
         engine.scheduler.release([k for k in engine.scheduler.images.keys()])
         r = run_users(engine_ask(engine, tokenizer), users(n, 1000 + n), at_once=n > 1)
         count_tokens(r, tokenizer)
         results["engine"][n] = r
-        print(f"  engine, {n} users: {r['answers_s']:.2f} answers/s", flush=True)
+        s = engine.scheduler
+        print(f"  engine, {n} users: {r['answers_s']:.2f} answers/s (so far: {s.steps} decode steps, "
+              f"{s.prefills} prefills, {s.accepted} of {s.drafted} drafted tokens kept)", flush=True)
         rows.append(("engine", n, r))
     # Heat-map cost: the same lone conversations answered by the same engine with recording off and no
     # picture drawn, and with both. Each run starts with the conversation's image and turns
@@ -579,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
                 fastest[record] += sum(min(turn) for turn in zip(*repeats))
         heat_costs.append({"summed": summed[True] / summed[False] - 1, "best": fastest[True] / fastest[False] - 1})
     engine.scheduler.record_attention = adapter.shows_attention
+    drafts = describe_drafts(adapter, args.describe, args.draft_tokens) if args.describe and adapter.batched else None
 
     # Answers the engine gave must be what the legacy path gives for the same conversation (greedy).
     check = results["engine"][min(args.users)]["records"]
@@ -633,6 +666,11 @@ def main(argv: list[str] | None = None) -> int:
         ratio("engine p95 with 16 users / lone user's median (today)", eng[16]["p95"] / base["p50"], "-")
     if 16 in results["legacy"]:
         ratio("today p95 with 16 users / lone user's median", results["legacy"][16]["p95"] / base["p50"], "(before)")
+    if drafts:
+        ratio(f"lone description, median, drafts ({drafts['on_s']:.3f} s) / none ({drafts['off_s']:.3f} s) over "
+              f"{drafts['n']}; decode steps {drafts['steps'][1]} / {drafts['steps'][0]}, {drafts['kept'][0]} of "
+              f"{drafts['kept'][1]} drafted tokens kept, {drafts['differ']} answers differ",
+              drafts["on_s"] / drafts["off_s"], "-")
     lone_e = eng[min(args.users)]
     if lone_e["follow"]:
         ratio("engine follow-up turn / first turn (lone user, medians)", lone_e["follow"] / lone_e["first"], "<= 0.6x")
@@ -661,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
         for group in results.values():
             for r in group.values():
                 r.pop("records", None)
-        Path(args.json).write_text(json.dumps({**results, "heat_map_cost": heat_costs}, indent=1))
+        Path(args.json).write_text(json.dumps({**results, "heat_map_cost": heat_costs, "describe_drafts": drafts}, indent=1))
     return 0
 
 

@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantization", default="auto", choices=QUANTIZATIONS)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help="weights' precision; auto: as the app picks it (bf16 on a GPU or an AMX CPU)")
+    parser.add_argument("--draft-tokens", type=int, default=4,
+                        help="speculative draft tokens a row, as the app (mmchat.serving.drafts); 0: plain decoding")
     parser.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
     parser.add_argument("--blind", action="store_true", help="blank every image: the question-only baseline")
     parser.add_argument("--results-json", help="also write the scores and what they measured here (for `mmchat card`)")
@@ -108,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        engine = ChatEngine.from_pretrained(args.model, quantization=args.quantization, device=args.device, dtype=args.dtype)
+        engine = ChatEngine.from_pretrained(
+            args.model, quantization=args.quantization, device=args.device, dtype=args.dtype, draft_tokens=args.draft_tokens
+        )
         examples = load_vqa(args.data)
     except (LoadError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

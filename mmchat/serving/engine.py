@@ -73,6 +73,7 @@ class ChatEngine:
         prefix_cache_bytes: int = 128 << 20,
         record_attention: bool = True,
         threaded: bool = True,
+        draft_tokens: int = 4,
     ):
         self.adapter = adapter
         self.timeout_s = timeout_s
@@ -87,6 +88,7 @@ class ChatEngine:
                 prefix_cache_bytes=prefix_cache_bytes,
                 record_attention=record_attention and adapter.shows_attention,
                 threaded=threaded,
+                draft_tokens=draft_tokens,
             )
             # An engine dropped without close() still ends its thread (the thread holds the model).
             weakref.finalize(self, self.scheduler.close_soon)

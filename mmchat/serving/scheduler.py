@@ -8,7 +8,9 @@ forward says is cheaper (`ForwardCost`); then they join the running batch, whose
 keys/values are left-padded to one length and whose image keys/values sit in slots (`ImageSlots`).
 Each row keeps its own position ids, attention mask, image keys/values and sampling settings, so a
 batch answers exactly what each request alone would (in fp32; in bf16 the rounding can move with the
-batch's shape, as on any GPU). Tokens go to each request's own queue as they are chosen.
+batch's shape, as on any GPU). Tokens go to each request's own queue as they are chosen. A greedy
+row's decode step also feeds the tokens likely to follow its own (`drafts.py`: from the answers
+given before) and keeps those the model chooses too, so one step may give a row several tokens.
 
 Families that cannot run step by step (`adapter.batched` False) are answered on the same thread with
 the family's own `generate`: the requests waiting at that moment with the same settings in one
@@ -38,6 +40,7 @@ from PIL import Image
 from transformers.generation.streamers import BaseStreamer
 
 from .cache import LRUBytes, PrefixCache
+from .drafts import AnswerNgrams
 from .families.base import KV
 from .settings import GenerationSettings
 from .slots import ImageSlots
@@ -128,6 +131,7 @@ class Scheduler:
         prefix_cache_bytes: int = 128 << 20,
         record_attention: bool = True,
         threaded: bool = True,
+        draft_tokens: int = 4,
     ):
         self.adapter = adapter
         self.threaded = threaded
@@ -142,6 +146,10 @@ class Scheduler:
         self._batch: _Batch | None = None
         self._lock = threading.Lock()  # inline: one caller runs a round at a time
         self.steps = self.prefills = self.mixed_steps = self.split_steps = 0
+        # Speculative decoding (`drafts.py`): up to `draft_tokens` drafted tokens a greedy row; 0: none.
+        self.drafts = AnswerNgrams() if draft_tokens > 0 else None
+        self.max_draft = draft_tokens
+        self.drafted = self.accepted = 0  # drafted tokens fed, and those the model chose too
         self.cost = ForwardCost()
         self._thread: threading.Thread | None = None
         if threaded:
@@ -404,33 +412,91 @@ class Scheduler:
         start = time.perf_counter()
         logits, past, weights = self.adapter.step(ids, mask, pos, past, images, self.record_attention)
         self.cost.add(B * S, time.perf_counter() - start)
+        rows = (running.rows if running else []) + list(requests)
+        chosen = [[token] for token in choose_tokens(logits[:, -1], rows).tolist()]
         batch = _Batch(
-            rows=(running.rows if running else []) + list(requests),
+            rows=rows,
             past=past,
             mask=mask,
             pos=pos[:, -1] + 1,
             images=images,
             next_tokens=torch.zeros(B, dtype=torch.long, device=device),
         )
-        return self._advance(batch, logits, weights)
+        return self._advance(batch, chosen, weights)
 
     def _decode(self, batch: _Batch) -> _Batch | None:
+        """One step: each row feeds its next token and, a greedy row, its draft (`drafts.py`) after it;
+        each row keeps the drafted tokens the model chose too, and the model's token after them."""
         self.steps += 1
-        ids = batch.next_tokens[:, None]
-        mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=1)
+        B, L = len(batch.rows), batch.mask.shape[1]
+        drafts = self._drafts(batch)
+        K = 1 + max(map(len, drafts))  # new columns; a row with a shorter draft is left-padded
+        if K == 1:
+            ids, pos, new = batch.next_tokens[:, None], batch.pos[:, None], batch.mask.new_ones((B, 1))
+        else:
+            fed = [[self.pad] * (K - 1 - len(d)) + [t, *d] for t, d in zip(batch.next_tokens.tolist(), drafts)]
+            ids = torch.tensor(fed, device=batch.mask.device)
+            start = torch.tensor([K - 1 - len(d) for d in drafts], device=batch.mask.device)[:, None]  # (B, 1)
+            columns = torch.arange(K, device=batch.mask.device)[None]  # (1, K)
+            new = (columns >= start).long()
+            pos = batch.pos[:, None] + (columns - start).clamp(min=0)
+        mask = torch.cat([batch.mask, new], dim=1)
         try:
-            start = time.perf_counter()
+            begun = time.perf_counter()
             logits, past, weights = self.adapter.step(
-                ids, mask, batch.pos[:, None], batch.past, batch.images, self.record_attention
+                ids, mask, pos, batch.past, batch.images, self.record_attention, keep=K
             )
-            self.cost.add(len(batch.rows), time.perf_counter() - start)
+            self.cost.add(B * K, time.perf_counter() - begun)
         except Exception:
             if len(batch.rows) == 1:
                 batch.rows[0].out.put(("error", _last_error()))
                 return None
             return self._decode_apart(batch)
-        batch.past, batch.mask, batch.pos = past, mask, batch.pos + 1
-        return self._advance(batch, logits, weights)
+        last = choose_tokens(logits[:, -1], batch.rows).tolist()  # a row without a draft: its token
+        greedy = logits.argmax(dim=-1).tolist() if K > 1 else None  # (B, K)
+        chosen, first, advanced = [], [], []
+        for i, d in enumerate(drafts):
+            if not d:
+                chosen.append([last[i]])
+                first.append(K - 1)
+                advanced.append(1)
+                continue
+            s = K - 1 - len(d)  # the row's first new column: its next token, then the draft
+            g = greedy[i][s:]
+            m = 0
+            while m < len(d) and g[m] == d[m]:
+                m += 1
+            chosen.append(g[: m + 1])
+            first.append(s)
+            advanced.append(m + 1)
+            mask[i, L + s + 1 + m :] = 0  # the drafted tokens the model did not choose were never fed
+            self.drafted += len(d)
+            self.accepted += m
+        batch.past, batch.mask = past, mask
+        batch.pos = batch.pos + torch.tensor(advanced, device=batch.pos.device)
+        return self._advance(batch, chosen, weights, first)
+
+    def _drafts(self, batch: _Batch) -> list[list[int]]:
+        """Each row's draft: none for a sampling row; as many columns as the fitted cost of a forward
+        says pay for themselves, counting every drafted token as kept."""
+        if self.drafts is None:
+            return [[] for _ in batch.rows]
+        drafts = []
+        for r in batch.rows:
+            limit = 0 if r.settings.do_sample else min(self.max_draft, r.settings.max_new_tokens - len(r.tokens) - 1)
+            drafts.append(self.drafts.draft(r.tokens, limit, self.eos) if limit > 0 else [])
+        longest = max(map(len, drafts))
+        fit = self.cost.fit()
+        if longest and fit is not None:
+            fixed, per_position = fit
+            rows = len(drafts)
+
+            def tokens_per_second(width: int) -> float:
+                return sum(1 + min(len(d), width - 1) for d in drafts) / (fixed + per_position * rows * width + 1e-9)
+
+            width = max(range(1, longest + 2), key=tokens_per_second)
+            drafts = [d[: width - 1] for d in drafts]
+        return drafts
 
     def _decode_apart(self, batch: _Batch) -> _Batch | None:
         """A batched step failed: step each row alone, so only the failing request sees the error."""
@@ -441,29 +507,40 @@ class Scheduler:
                 merged = row if merged is None else _merge(merged, row, self.adapter)
         return merged
 
-    def _advance(self, batch: _Batch, logits: torch.Tensor, weights: torch.Tensor | None) -> _Batch | None:
-        """Choose each row's next token, drop the rows that are done, then hand the tokens out.
+    def _advance(
+        self, batch: _Batch, chosen: list[list[int]], weights: torch.Tensor | None, first: list[int] | None = None
+    ) -> _Batch | None:
+        """Hand each row its chosen tokens (`chosen[i]`, in order), drop the rows that are done.
+        `weights` (B, K, N): the maps of the step's last K positions; row i's j-th token was chosen at
+        column `first[i] + j` (the last column when `first` is None).
 
         Handing out comes last: each token wakes a request thread, which then contends for the GIL
         with this thread's own bookkeeping (py-spy at 16 users: a quarter of this function's samples
         were in the queue's put and notify), where the next forward gives the GIL up anyway."""
-        tokens = choose_tokens(logits, batch.rows)
-        rows_weights = weights.float().cpu().unbind(0) if weights is not None else None
+        maps = weights.float().cpu() if weights is not None else None
+        first = first if first is not None else [-1] * len(chosen)
         keep, events = [], []
         try:
-            for i, (request, token) in enumerate(zip(batch.rows, tokens.tolist())):
-                if rows_weights is not None:
-                    request.attention.append(rows_weights[i])
-                request.tokens.append(token)
-                events.append((request, ("token", token)))
-                if token in self.eos or len(request.tokens) >= request.settings.max_new_tokens:
+            for i, (request, tokens) in enumerate(zip(batch.rows, chosen)):
+                ended = None
+                for j, token in enumerate(tokens):
+                    if maps is not None:
+                        request.attention.append(maps[i, first[i] + j])
+                    request.tokens.append(token)
+                    events.append((request, ("token", token)))
+                    if token in self.eos or len(request.tokens) >= request.settings.max_new_tokens:
+                        ended = "eos" if token in self.eos else "length"
+                        break
+                if ended is not None:
                     self._remember(batch, i, request)
-                    events.append((request, ("end", "eos" if token in self.eos else "length")))
+                    if self.drafts is not None:
+                        self.drafts.learn(request.tokens)
+                    events.append((request, ("end", ended)))
                 elif request.cancel.is_set():
                     events.append((request, ("end", "stopped")))
                 else:
                     keep.append(i)
-            batch.next_tokens = tokens.to(batch.next_tokens.device)
+            batch.next_tokens = torch.tensor([tokens[-1] for tokens in chosen], device=batch.next_tokens.device)
             if not keep:
                 return None
             return batch if len(keep) == len(batch.rows) else _select(batch, keep, self.adapter, self._slots)

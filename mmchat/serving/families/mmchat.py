@@ -113,9 +113,11 @@ class MMChatAdapter(FamilyAdapter):
         past: KV | None,
         images: CrossAttentionCache,
         record: bool,
+        keep: int = 1,
     ) -> tuple[torch.Tensor, KV, torch.Tensor | None]:
-        """One forward of a batch: the last position's logits (B, V), the grown keys/values, and
-        where that position looked (B, N), mean over fused layers and heads, when `record`."""
+        """One forward of a batch: the last `keep` positions' logits (B, keep, V), the grown
+        keys/values, and where those positions looked (B, keep, N), mean over fused layers and
+        heads, when `record`."""
         model = self.model
         if self.small_model is not None and input_ids.numel() <= self.small_forward_positions:
             model = self.small_model
@@ -130,12 +132,12 @@ class MMChatAdapter(FamilyAdapter):
                 cross_attention_cache=images,
                 output_cross_attentions=record,
                 use_cache=True,
-                logits_to_keep=1,
+                logits_to_keep=keep,
             )
         weights = None
-        if record:  # (layers, B, nh, T, N) at the last position -> (B, N)
-            weights = torch.stack([w[:, :, -1] for w in out.cross_attentions]).mean(dim=(0, 2))
-        return out.logits[:, -1].float(), from_cache(out.past_key_values), weights
+        if record:  # (layers, B, nh, keep, N) at the last positions -> (B, keep, N)
+            weights = torch.stack([w[:, :, -keep:] for w in out.cross_attentions]).mean(dim=(0, 2))
+        return out.logits[:, -keep:].float(), from_cache(out.past_key_values), weights
 
     def grid_from_weights(self, weights: torch.Tensor) -> np.ndarray:
         """(N,) weights over the image tokens -> the stretched (side, side) patch grid."""
