@@ -4,6 +4,7 @@
     python -m mmchat evaluate --data DIR --predictions OUT.json    # mmchat.evaluation.evaluate
     python -m mmchat shapes --out data/shapes-test --images 300    # mmchat.data.shapes (ShapesVQA)
     python -m mmchat easy-vqa --out data/easy-vqa-test --split test
+    python -m mmchat soup --out runs/soup MODEL MODEL ...          # mmchat.training.soup (weight mean)
     python -m mmchat count-probe MODEL | position-probe MODEL
     python -m mmchat card MODEL --results SCORES.json ...          # mmchat.evaluation.card (model-index)
     python -m mmchat publish model|space --repo-id ID [--dry-run DIR]  # mmchat.serving.publish (the hub)
@@ -23,6 +24,7 @@ COMMANDS = {
     "shapes": ("mmchat.data.shapes", "write a ShapesVQA data set"),
     "easy-vqa": ("mmchat.data.easy_vqa", "convert the easy-vqa data set"),
     "out-of-world": ("mmchat.data.out_of_world", "write a set of images or questions outside the ShapesVQA world"),
+    "soup": ("mmchat.training.soup", "average the weights of checkpoints fine-tuned from one start"),
     "train-gate": ("mmchat.training.gate", "train the world gate (which images are scenes of ShapesVQA)"),
     "count-probe": ("mmchat.evaluation.count_probe", "score counting by true count and object size"),
     "position-probe": ("mmchat.evaluation.position_probe", "how well the patches say where they lie"),
