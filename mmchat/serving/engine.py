@@ -442,25 +442,38 @@ class Reply:
     def stop(self) -> None:
         self.request.cancel.set()
 
+    def _events(self) -> list[tuple[str, Any]]:
+        """The request's next event and every token event already queued behind it: a step that
+        keeps drafted tokens (`drafts.py`) gives several at once, and each text shown is an event
+        the app sends (and the browser draws), so they are shown together."""
+        try:
+            events = [self.engine.scheduler.receive(self.request, self.engine.timeout_s)]
+        except queue.Empty:
+            self.stop()
+            raise TimeoutError(f"No answer within {self.engine.timeout_s:.0f} s; please try again.") from None
+        while events[-1][0] == "token":
+            try:
+                events.append(self.request.out.get_nowait())
+            except queue.Empty:
+                break
+        return events
+
     def __iter__(self) -> Iterator[str]:
         tokenizer = self.engine.adapter.tokenizer
         while self.finish_reason is None:
-            try:
-                kind, value = self.engine.scheduler.receive(self.request, self.engine.timeout_s)
-            except queue.Empty:
-                self.stop()
-                raise TimeoutError(f"No answer within {self.engine.timeout_s:.0f} s; please try again.") from None
-            if kind == "error":
-                self.finish_reason = "error"
-                raise value
-            if kind == "end":
-                self.finish_reason = value
-                break
-            if self.request.cancel.is_set():  # Stop pressed: show nothing more, even tokens already made
+            for kind, value in self._events():
+                if kind == "error":
+                    self.finish_reason = "error"
+                    raise value
+                if kind == "end":
+                    self.finish_reason = value
+                    break
+                if not self.request.cancel.is_set():  # Stop pressed: show nothing more, even tokens already made
+                    self.tokens.append(value)
+            if self.finish_reason is not None or self.request.cancel.is_set():
                 continue
-            self.tokens.append(value)
             text = tokenizer.decode(self.answer_tokens, skip_special_tokens=True).strip()
-            # Token by token, but never half a character (byte-level tokens) and never taking text back.
+            # Step by step, but never half a character (byte-level tokens) and never taking text back.
             if text != self.text_so_far and not text.endswith("\ufffd") and text.startswith(self.text_so_far):
                 self.text_so_far = text
                 yield text

@@ -80,6 +80,24 @@ def test_drafted_answers_and_heat_maps_equal_plain_ones_in_fewer_steps(tiny_chec
     engine.close()
 
 
+def test_tokens_kept_in_one_step_are_shown_at_once(tiny_checkpoint):
+    """Each text the stream yields is an event the app sends: a step that keeps drafted tokens
+    shows them together. Inline engines, so that each wait for a token runs exactly one step."""
+    image, question = picture(72), QUESTIONS[3]
+    shown = {}
+    for draft_tokens in (0, 4):
+        engine = ChatEngine.from_pretrained(
+            tiny_checkpoint, device="cpu", dtype="float32", draft_tokens=draft_tokens, threaded=False
+        )
+        for _ in range(2):  # learnt twice: drafted from now on
+            engine.answer(image, question, [], GREEDY)
+        reply = engine.submit(image, question, [], GREEDY)
+        shown[draft_tokens] = list(reply)
+        engine.close()
+    assert shown[4][-1] == shown[0][-1]  # the same answer
+    assert len(shown[0]) >= 3 and len(shown[4]) < len(shown[0])
+
+
 def test_a_wrong_draft_changes_no_answer_nor_the_turn_after_it(tiny_checkpoint):
     """Drafted tokens the model does not choose are masked out of the keys/values, so neither this
     answer nor the next turn, which starts from this turn's cached keys/values, sees them."""
