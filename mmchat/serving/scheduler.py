@@ -524,8 +524,8 @@ class Scheduler:
             for i, (request, tokens) in enumerate(zip(batch.rows, chosen)):
                 ended = None
                 for j, token in enumerate(tokens):
-                    if maps is not None:
-                        request.attention.append(maps[i, first[i] + j])
+                    if maps is not None:  # a copy: a view would keep the whole step's (B, K, N) alive
+                        request.attention.append(maps[i, first[i] + j].clone())
                     request.tokens.append(token)
                     events.append((request, ("token", token)))
                     if token in self.eos or len(request.tokens) >= request.settings.max_new_tokens:
