@@ -14,9 +14,9 @@ given before) and keeps those the model chooses too, so one step may give a row 
 
 Families that cannot run step by step (`adapter.batched` False) are answered on the same thread with
 the family's own `generate`: the requests waiting at that moment with the same settings in one
-left-padded batch where the family can stack its inputs (`adapter.collate`: Mllama), else one at a
-time (BLIP). A batch's rows stream and end on their own (an end-of-turn token, or Stop), but no
-request joins a running `generate`. Their heat-map pass runs on that thread too, so nothing else
+left-padded batch where the family can stack its inputs (`adapter.collate`: Mllama; BLIP only
+questions of one length, unpadded), else one at a time. A batch's rows stream and end on their own
+(an end-of-turn token, or Stop), but no request joins a running `generate`. Their heat-map pass runs on that thread too, so nothing else
 uses the model meanwhile (Mllama switches its attention implementation model-wide to get weights).
 
 transformers' own continuous batching (`generate_batch`) serves text-only models from a paged cache;
@@ -558,12 +558,14 @@ class Scheduler:
         self.prefixes.put(request.image_key, ids, layers)
 
     def _groups(self, requests: list[Request]) -> list[list[Request]]:
-        """Requests one `generate` can answer together: the same settings, a family that can stack inputs."""
+        """Requests one `generate` can answer together: a family that can stack inputs, the same
+        settings and the same `batch_key` of their inputs (BLIP: the question's length)."""
         if getattr(self.adapter, "collate", None) is None:
             return [[r] for r in requests]
         groups: dict[tuple, list[Request]] = {}
         for r in requests:
-            groups.setdefault(tuple(sorted(r.settings.generate_kwargs().items())), []).append(r)
+            key = (tuple(sorted(r.settings.generate_kwargs().items())), self.adapter.batch_key(r.inputs))
+            groups.setdefault(key, []).append(r)
         return list(groups.values())
 
     def _generate(self, rows: list[Request]) -> None:

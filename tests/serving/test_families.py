@@ -8,6 +8,7 @@ small size), saved to a temporary folder and loaded back with `load_model` in ev
 from __future__ import annotations
 
 import threading
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -437,3 +438,39 @@ def test_mllama_a_request_that_breaks_a_shared_generate_fails_alone(loaded, monk
         replies[1].text()
     held.join()
     engine.close()
+
+
+def test_blip_requests_waiting_together_share_a_generate_per_question_length(loaded, monkeypatch):
+    """BLIP's decoder cannot mask a padded question, so only questions of one length are batched:
+    unpadded, each gets the answer it gets alone."""
+    adapter = loaded("blip", "none")
+    settings = GenerationSettings(max_new_tokens=6)
+    questions = ["what colour is the square", "what colour is the circle", "how many shapes are there", "is it red"]
+    lengths = [len(adapter.tokenizer(q)["input_ids"]) for q in questions]
+    assert lengths[0] == lengths[1] and len(set(lengths)) > 1, "the test needs equal and unequal lengths"
+    images = [picture(64, 64), picture(80, 48), picture(48, 80), picture(64, 64)]
+    alone = ChatEngine(adapter)
+    expected = [alone.answer(image, q, settings=settings) for image, q in zip(images, questions)]
+    alone.close()
+
+    batches = []
+    generate = adapter.model.generate
+
+    def counted(**kwargs):
+        batches.append((kwargs["input_ids"].shape[0], bool(kwargs["attention_mask"].all())))
+        return generate(**kwargs)
+
+    monkeypatch.setattr(adapter.model, "generate", counted)
+    engine = ChatEngine(adapter)
+    hold = threading.Event()
+    held = threading.Thread(target=engine.scheduler.call, args=(hold.wait,))
+    held.start()  # the scheduler's thread waits here while every request queues
+    replies = [engine.submit(image, q, [], settings) for image, q in zip(images, questions)]
+    hold.set()
+    answers = [reply.text() for reply in replies]
+    held.join()
+    engine.close()
+    sizes = sorted(n for n, _ in batches)
+    assert sizes == sorted(Counter(lengths).values())  # one generate per question length
+    assert all(unpadded for _, unpadded in batches)
+    assert answers == expected

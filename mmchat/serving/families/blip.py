@@ -39,6 +39,15 @@ class BlipAdapter(FamilyAdapter):
         batch = self.processor(images=image, text=question, return_tensors="pt")
         return self.to_device(batch)
 
+    def batch_key(self, inputs: dict[str, torch.Tensor]) -> int:
+        """The question's length: only questions of one length share a `generate`, unpadded (see
+        `answer_batch`); the images all have the processor's one size."""
+        return inputs["input_ids"].shape[1]
+
+    def collate(self, inputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Requests of one `batch_key` as one batch: nothing to pad."""
+        return {key: torch.cat([x[key] for x in inputs]) for key in inputs[0]}
+
     def answer_batch(self, images: list[Image.Image], questions: list[str], generate_kwargs: dict[str, Any]) -> list[str]:
         """One generate per question length, so no question is padded.
 
