@@ -603,14 +603,14 @@ def main(argv: list[str] | None = None) -> int:
             for k in range(args.heat_repeats):
                 for record in (False, True) if (i + k) % 2 == 0 else (True, False):
                     engine.release(conv[0])
-                    engine.scheduler.record_attention = record and adapter.shows_attention
+                    engine.scheduler.record_attention = record and adapter.records_attention
                     records = run_users(engine_ask(engine, tokenizer, overlay=record), [conv])["records"]
                     times[record].append([r["latency"] for r in sorted(records, key=lambda r: r["turn"])])
             for record, repeats in times.items():
                 summed[record] += sum(map(sum, repeats))
                 fastest[record] += sum(min(turn) for turn in zip(*repeats))
         heat_costs.append({"summed": summed[True] / summed[False] - 1, "best": fastest[True] / fastest[False] - 1})
-    engine.scheduler.record_attention = adapter.shows_attention
+    engine.scheduler.record_attention = adapter.records_attention
     drafts = describe_drafts(adapter, args.describe, args.draft_tokens) if args.describe and adapter.batched else None
 
     # Answers the engine gave must be what the legacy path gives for the same conversation (greedy).

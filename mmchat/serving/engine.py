@@ -69,12 +69,13 @@ class ChatEngine:
         timeout_s: float = 300.0,
         max_batch: int = 64,
         max_waiting: int = 256,
-        image_cache_bytes: int = 64 << 20,
+        image_cache_bytes: int | None = None,
         prefix_cache_bytes: int = 128 << 20,
         record_attention: bool = True,
         threaded: bool = True,
         draft_tokens: int = 4,
     ):
+        """`image_cache_bytes`: None keeps the family's own bound (`FamilyAdapter.image_cache_bytes`)."""
         self.adapter = adapter
         self.timeout_s = timeout_s
         self.max_waiting = max_waiting
@@ -84,9 +85,9 @@ class ChatEngine:
             self.scheduler = Scheduler(
                 adapter,
                 max_batch=max_batch,
-                image_cache_bytes=image_cache_bytes,
+                image_cache_bytes=adapter.image_cache_bytes if image_cache_bytes is None else image_cache_bytes,
                 prefix_cache_bytes=prefix_cache_bytes,
-                record_attention=record_attention and adapter.shows_attention,
+                record_attention=record_attention and adapter.records_attention,
                 threaded=threaded,
                 draft_tokens=draft_tokens,
             )
@@ -363,7 +364,7 @@ class ChatEngine:
         """(A, N): where each answer token's predicting position looked over the N image tokens, mean over
         fused layers and heads. From the answering pass itself when this engine gave that answer; else
         (another engine's answer) from one forward pass over the prompt and the answer."""
-        if not self.adapter.batched or not answer:
+        if not self.adapter.records_attention or not answer:
             return None
         return self._answer_attention(*self._checked(image, question), answer, history or [])
 
@@ -387,7 +388,7 @@ class ChatEngine:
         if not self.adapter.shows_attention or not answer or answer == UNANSWERABLE:
             return None
         image, key, question = self._checked(image, question)
-        if self.adapter.batched:
+        if self.adapter.records_attention:
             weights = self._answer_attention(image, key, question, answer, history or [])
             grid = None if weights is None or not len(weights) else self.adapter.grid_from_weights(weights.mean(0))
         else:
@@ -404,7 +405,7 @@ class ChatEngine:
     ) -> list[tuple[str, Image.Image]]:
         """For a description: (phrase, overlay) per object it names, each from the attention of that
         phrase's tokens while answering; [] when the answer names no object or the family has no map."""
-        if not self.adapter.batched or not object_phrases(answer):
+        if not self.adapter.records_attention or not object_phrases(answer):
             return []
         image, key, question = self._checked(image, question)
         weights = self._answer_attention(image, key, question, answer, history or [])  # (A, N), one row per answer token

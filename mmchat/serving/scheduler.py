@@ -12,12 +12,12 @@ batch's shape, as on any GPU). Tokens go to each request's own queue as they are
 row's decode step also feeds the tokens likely to follow its own (`drafts.py`: from the answers
 given before) and keeps those the model chooses too, so one step may give a row several tokens.
 
-Families that cannot run step by step (`adapter.batched` False) are answered on the same thread with
-the family's own `generate`: the requests waiting at that moment with the same settings in one
-left-padded batch where the family can stack its inputs (`adapter.collate`: Mllama; BLIP only
-questions of one length, unpadded), else one at a time. A batch's rows stream and end on their own
-(an end-of-turn token, or Stop), but no request joins a running `generate`. Their heat-map pass runs on that thread too, so nothing else
-uses the model meanwhile (Mllama switches its attention implementation model-wide to get weights).
+mmchat and Llama 3.2 Vision run step by step (`adapter.batched`). BLIP cannot (`adapter.batched`
+False): it is answered on the same thread with its own `generate`, the requests waiting at that
+moment with the same settings and questions of one length in one unpadded batch (`adapter.collate`,
+`adapter.batch_key`). A batch's rows stream and end on their own (an end-of-turn token, or Stop), but
+no request joins a running `generate`. Heat-map passes run on this thread too, so nothing else uses
+the model meanwhile (Mllama switches its attention implementation model-wide to get weights).
 
 transformers' own continuous batching (`generate_batch`) serves text-only models from a paged cache;
 it has no place for per-row image keys/values, hence this loop.

@@ -331,7 +331,17 @@ class StopAfter(threading.Event):
         return self.checks < 0 or super().is_set()
 
 
-def test_mllama_requests_waiting_together_share_one_generate_and_each_get_their_own_answer(loaded, monkeypatch):
+def generated(adapter: FamilyAdapter, image: Image.Image, question: str, history: list[Turn], max_new_tokens: int) -> str:
+    """The answer of HF `generate` alone, the reference the engine's steps must match."""
+    inputs = adapter.inputs(image, question, history)
+    with torch.inference_mode():
+        out = adapter.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return adapter.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def test_mllama_requests_share_steps_and_each_gets_what_generate_gives_alone(loaded):
+    """Llama 3.2 Vision runs step by step in the scheduler's batches: requests join a running batch,
+    a follow-up starts from its conversation's cached image and turns, Stop ends one row."""
     adapter = loaded("mllama", "none")
     settings = GenerationSettings(max_new_tokens=8)
     asked = [  # different tile layouts, one follow-up with its history
@@ -340,33 +350,32 @@ def test_mllama_requests_waiting_together_share_one_generate_and_each_get_their_
         (picture(48, 80), "and the disc", [Turn("what colour is the square", "red")]),
         (picture(64, 64), "where is the disc", []),
     ]
-    alone = ChatEngine(adapter)
-    expected = [alone.answer(image, q, h, settings) for image, q, h in asked]
-    alone.close()
+    expected = [generated(adapter, image, q, h, 8) for image, q, h in asked]
     assert len(set(expected)) > 1, "the tiny model gives one answer to everything: the test would prove nothing"
 
-    batch_sizes = []
-    generate = adapter.model.generate
-    def counted(**kwargs):
-        batch_sizes.append(kwargs["input_ids"].shape[0])
-        return generate(**kwargs)
-    monkeypatch.setattr(adapter.model, "generate", counted)
     engine = ChatEngine(adapter)
-    hold = threading.Event()
-    held = threading.Thread(target=engine.scheduler.call, args=(hold.wait,))
-    held.start()  # the scheduler's thread waits here while every request queues
-    stops = [None, None, None, StopAfter(checks=10)]
-    replies = [engine.submit(image, q, h, settings, stop_event=stop) for (image, q, h), stop in zip(asked, stops)]
-    hold.set()
-    answers = [reply.text() for reply in replies]
-    held.join()
-    engine.close()
-
-    assert batch_sizes == [4], "the four waiting requests should share one generate"
+    vision = []
+    hook = adapter.model.model.vision_model.register_forward_hook(lambda m, i, o: vision.append(1))
+    first = engine.submit(*asked[0][:2], asked[0][2], settings)
+    stream = iter(first)
+    next(stream)  # the first row is decoding now; the others join it
+    stops = [None, None, StopAfter(checks=10)]
+    later = [engine.submit(image, q, h, settings, stop_event=stop) for (image, q, h), stop in zip(asked[1:], stops)]
+    answers = [first.text()] + [reply.text() for reply in later]
     assert answers[:3] == expected[:3]
-    assert replies[3].finish_reason == "stopped" and 0 < len(replies[3].request.tokens) < 8
+    assert later[2].finish_reason == "stopped" and 0 < len(later[2].request.tokens) < 8
     assert expected[3].startswith(answers[3])
-    assert [r.finish_reason for r in replies[:3]] == ["done"] * 3
+    assert engine.scheduler.steps < sum(len(r.request.tokens) for r in [first, *later])  # rows shared steps
+
+    # A follow-up about the first picture: neither the image nor the first turn is read again.
+    history = [Turn(asked[0][1], answers[0])]
+    reference = generated(adapter, asked[0][0], "and the disc", history, 8)
+    seen = len(vision)
+    assert engine.answer(asked[0][0], "and the disc", history, settings) == reference
+    assert len(vision) == seen
+    assert engine.scheduler.prefixes.entries.hits >= 1
+    hook.remove()
+    engine.close()
 
 
 @pytest.mark.parametrize("family, size, wider", [("mllama", (100, 40), True), ("mllama", (40, 100), False)])
@@ -407,8 +416,9 @@ def test_mllama_base_checkpoint_without_chat_template_uses_the_plain_prompt(load
     assert ChatEngine(adapter).answer(picture(), "what colour is the square", settings=GREEDY)
 
 
-def test_mllama_a_request_that_breaks_a_shared_generate_fails_alone(loaded, monkeypatch):
-    """The batch fails (here: the follow-up's longer prompt "runs out of memory"); the others are answered alone."""
+def test_mllama_a_request_that_breaks_a_shared_step_fails_alone(loaded, monkeypatch):
+    """The batch's prefill fails (here: the follow-up's longer prompt "runs out of memory"); the
+    others are answered alone."""
     adapter = loaded("mllama", "none")
     settings = GenerationSettings(max_new_tokens=6)
     asked = [
@@ -416,17 +426,17 @@ def test_mllama_a_request_that_breaks_a_shared_generate_fails_alone(loaded, monk
         (picture(48, 80), "and the disc", [Turn("what colour is the square", "red"), Turn("is it big", "yes")]),
         (picture(80, 48), "is there a circle", []),
     ]
-    alone = ChatEngine(adapter)
-    expected = [alone.answer(image, q, h, settings) for image, q, h in asked]
-    too_long = len(alone._fit_history(alone.check(asked[1][0], asked[1][1])[0], asked[1][1], asked[1][2])["input_ids"][0])
-    alone.close()
+    expected = [generated(adapter, image, q, h, 6) for image, q, h in asked]
+    too_long = len(adapter.prompt_ids(asked[1][1], asked[1][2]))
 
-    generate = adapter.model.generate
-    def failing(**kwargs):
-        if kwargs["input_ids"].shape[1] >= too_long:
+    step = adapter.step
+
+    def failing(input_ids, *args, **kwargs):
+        if input_ids.shape[1] >= too_long:
             raise RuntimeError("CUDA out of memory (simulated)")
-        return generate(**kwargs)
-    monkeypatch.setattr(adapter.model, "generate", failing)
+        return step(input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(adapter, "step", failing)
     engine = ChatEngine(adapter)
     hold = threading.Event()
     held = threading.Thread(target=engine.scheduler.call, args=(hold.wait,))
@@ -474,3 +484,15 @@ def test_blip_requests_waiting_together_share_a_generate_per_question_length(loa
     assert sizes == sorted(Counter(lengths).values())  # one generate per question length
     assert all(unpadded for _, unpadded in batches)
     assert answers == expected
+
+
+@pytest.mark.parametrize("mode", ["nf4", "int8"])
+def test_quantized_mllama_steps_give_what_its_generate_gives(loaded, mode):
+    adapter = loaded("mllama", mode)
+    asked = [(picture(64, 64), "what colour is the square", []), (picture(48, 80), "and the disc", [Turn("is it red", "yes")])]
+    engine = ChatEngine(adapter)
+    settings = GenerationSettings(max_new_tokens=8)
+    assert [engine.answer(image, q, h, settings) for image, q, h in asked] == [
+        generated(adapter, image, q, h, 8) for image, q, h in asked
+    ]
+    engine.close()

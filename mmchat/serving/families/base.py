@@ -48,6 +48,11 @@ class FamilyAdapter:
     # True: the family runs step by step in the scheduler's shared batches (`prompt_ids`,
     # `encode_images`, `stack_images`, `select_images`, `step`); False: one `generate` at a time.
     batched: ClassVar[bool] = False
+    # True: a batched family's `step` returns where each chosen token looked (the heat-map comes from
+    # the answering pass); False: the heat-map is a second pass (`attention_grid`).
+    records_attention: ClassVar[bool] = False
+    # Bytes of image states (a batched family's `encode_images`) the engine keeps for follow-ups.
+    image_cache_bytes: ClassVar[int] = 64 << 20
     skip_modules: ClassVar[dict[str, list[str]]] = {}
     # True: on a CPU with AMX, "auto" loads it in bf16 (`loading.resolve_dtype`); only where that
     # was measured to give the fp32 answers. False: fp32 on every CPU.

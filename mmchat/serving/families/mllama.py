@@ -8,17 +8,26 @@ with the image in the first user turn; the cross-attention mask lets every later
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from transformers import MllamaForConditionalGeneration, MllamaProcessor
+from transformers import DynamicCache, MllamaForConditionalGeneration, MllamaProcessor
 
-from .base import FamilyAdapter, Turn, stretch
+from .base import KV, FamilyAdapter, Turn, from_cache, stretch
 
 # Without a chat template (the base, non-instruct checkpoints) the model card's plain prompt.
 _PLAIN_TURN = "Question: {question}\nAnswer:"
+
+
+@dataclass
+class MllamaImages:
+    """A batch's images as its cross-attention layers read them, computed once per image."""
+
+    tiles: torch.Tensor  # (B, max tiles): 1 where a tile is part of the image, 0 where it pads
+    key_values: dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer -> (B, kv heads, max tiles * tile tokens, hd)
 
 
 class MllamaAdapter(FamilyAdapter):
@@ -26,6 +35,13 @@ class MllamaAdapter(FamilyAdapter):
     model_types = ("mllama",)
     multi_turn = True
     shows_attention = True
+    # Step by step in the scheduler's shared batches: requests join and leave between steps, and a
+    # follow-up starts from its conversation's cached image keys/values and earlier turns. The
+    # heat-map is a second pass (eager attention, see `attention_grid`): sdpa returns no weights.
+    batched = True
+    # An image's cross-attention keys/values at the real size (8 layers, 4 tiles of 1,601 tokens,
+    # 8 kv heads of 128, bf16) are about 210 MB: room for some 20 conversations' images.
+    image_cache_bytes = 4 << 30
     skip_modules: dict[str, list[str]] = {
         # bitsandbytes' int8 matmul fails on the projector's 5-D input (batch, images, tiles, patches,
         # features): "view size is not compatible ..." on CUDA, a shape mismatch on the CPU. Passing a
@@ -69,17 +85,110 @@ class MllamaAdapter(FamilyAdapter):
         )
         return self.to_device(batch)
 
-    def collate(self, inputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Single requests' inputs as one batch, padded as the processor pads one: the text and its
-        cross-attention mask on the left (every prompt ends where its answer starts), the tiles with
-        zeros up to the most tiles."""
-        on_left = {"input_ids", "attention_mask", "cross_attention_mask"}
-        batch = {}
-        for key in inputs[0]:
-            shape = [max(x[key].shape[d] for x in inputs) for d in range(inputs[0][key].dim())]
-            value = self.pad_token_id() if key == "input_ids" else 0
-            batch[key] = torch.cat([_placed(x[key], shape, value, left=key in on_left) for x in inputs])
-        return batch
+    # ---- step by step, for the scheduler's shared batches ----
+
+    def prompt_ids(self, question: str, history: list[Turn]) -> list[int]:
+        """The token ids `inputs` would give, without touching the image."""
+        return self.tokenizer(self.prompt(question, history), add_special_tokens=False)["input_ids"]
+
+    def _cross_layers(self) -> list[int]:
+        return list(self.model.config.text_config.cross_attention_layers)
+
+    def encode_images(self, images: list[Image.Image]) -> list[MllamaImages]:
+        """One state per image: which tiles it has and every cross-attention layer's keys/values,
+        padded to the most tiles. The model's own layers project them: a one-token forward with the
+        vision states leaves each cross-attention layer's keys/values in the cache."""
+        pixels = self.processor.image_processor(images=[[image] for image in images], return_tensors="pt")
+        pixels = self.to_device({k: v for k, v in pixels.items() if isinstance(v, torch.Tensor)})
+        tiles = pixels["aspect_ratio_mask"][:, 0]  # (B, tiles in this batch)
+        n = len(images)
+        ids = torch.full((n, 1), self.model.config.image_token_index, dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=ids,
+                pixel_values=pixels["pixel_values"],
+                aspect_ratio_ids=pixels["aspect_ratio_ids"],
+                aspect_ratio_mask=pixels["aspect_ratio_mask"],
+                cross_attention_mask=tiles[:, None, None, :],  # (B, 1 token, 1 image, tiles)
+                past_key_values=DynamicCache(),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        most = self.model.config.vision_config.max_num_tiles
+        tile_tokens = self.model.model.vision_model.num_patches
+
+        def padded(t: torch.Tensor) -> torch.Tensor:  # (B, kv heads, tiles * tile tokens, hd) -> most tiles
+            extra = most * tile_tokens - t.shape[2]
+            return torch.nn.functional.pad(t, (0, 0, 0, extra)) if extra else t
+
+        layers = out.past_key_values.layers
+        state = MllamaImages(
+            torch.nn.functional.pad(tiles, (0, most - tiles.shape[1])),
+            {i: (padded(layers[i].keys), padded(layers[i].values)) for i in self._cross_layers()},
+        )
+        return [self.select_images(state, torch.tensor([i])) for i in range(n)]
+
+    def stack_images(self, states: list[MllamaImages]) -> MllamaImages:
+        return MllamaImages(
+            torch.cat([s.tiles for s in states]),
+            {
+                i: (torch.cat([s.key_values[i][0] for s in states]), torch.cat([s.key_values[i][1] for s in states]))
+                for i in states[0].key_values
+            },
+        )
+
+    def image_tensors(self, state: MllamaImages) -> list[torch.Tensor]:
+        return [state.tiles] + [t for i in sorted(state.key_values) for t in state.key_values[i]]
+
+    def images_from_tensors(self, like: MllamaImages, tensors: list[torch.Tensor]) -> MllamaImages:
+        layers = sorted(like.key_values)
+        return MllamaImages(tensors[0], {i: (tensors[1 + 2 * j], tensors[2 + 2 * j]) for j, i in enumerate(layers)})
+
+    def select_images(self, state: MllamaImages, idx: torch.Tensor) -> MllamaImages:
+        idx = idx.to(state.tiles.device)
+        return MllamaImages(state.tiles[idx], {i: (k[idx], v[idx]) for i, (k, v) in state.key_values.items()})
+
+    def step(
+        self,
+        input_ids: torch.Tensor,  # (B, T)
+        attention_mask: torch.Tensor,  # (B, L + T): the cached columns, then these
+        position_ids: torch.Tensor,  # (B, T)
+        past: KV | None,  # the self-attention layers' keys/values, in layer order
+        images: MllamaImages,
+        record: bool,
+        keep: int = 1,
+    ) -> tuple[torch.Tensor, KV, None]:
+        """One forward of a batch: the last `keep` positions' logits (B, keep, V) and the grown
+        self-attention keys/values (no attention map: see `attention_grid`)."""
+        B, T = input_ids.shape
+        # A token sees its row's image from the <|image|> token on, as the processor's cross-attention
+        # mask says; where the image token is not among these columns, it came before them.
+        at_image = input_ids == self.model.config.image_token_index
+        start = torch.where(at_image.any(dim=1), at_image.int().argmax(dim=1), 0)[:, None]  # (B, 1)
+        sees = torch.arange(T, device=input_ids.device)[None] >= start  # (B, T)
+        cross_mask = (sees[:, :, None, None] & images.tiles[:, None, None, :].bool()).long()  # (B, T, 1 image, tiles)
+        text = self.model.config.text_config
+        cross = set(self._cross_layers())
+        own = iter(past or [])
+        head_dim = text.hidden_size // text.num_attention_heads
+        like = next(iter(images.key_values.values()))[0]  # the keys/values' precision (a quantized model computes in another)
+        empty = like.new_empty((B, text.num_key_value_heads, 0, head_dim))
+        layers = [images.key_values[i] if i in cross else next(own, (empty, empty)) for i in range(text.num_hidden_layers)]
+        cache = DynamicCache(ddp_cache_data=[(k[:, :, :0], v[:, :, :0]) for k, v in layers])
+        for layer, (k, v) in zip(cache.layers, layers):
+            layer.keys, layer.values = k, v
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cross_attention_mask=cross_mask,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=keep,
+            )
+        grown = [kv for i, kv in enumerate(from_cache(out.past_key_values)) if i not in cross]
+        return out.logits[:, -keep:].float(), grown, None
 
     def answer_batch(self, images: list[Image.Image], questions: list[str], generate_kwargs: dict[str, Any]) -> list[str]:
         prompts = [self.prompt(q, []) for q in questions]
@@ -132,12 +241,3 @@ class MllamaAdapter(FamilyAdapter):
         grid = tiles.permute(0, 2, 1, 3).reshape(rows * side, cols * side).cpu().numpy()
         return stretch(grid)
 
-
-def _placed(t: torch.Tensor, shape: list[int], value: float, left: bool) -> torch.Tensor:
-    """`t` (1, ...) in a tensor of `shape` filled with `value`: at the end of dim 1 if `left`, else at the start."""
-    out = t.new_full(shape, value)
-    index = [slice(0, n) for n in t.shape]
-    if left:
-        index[1] = slice(shape[1] - t.shape[1], shape[1])
-    out[tuple(index)] = t
-    return out

@@ -21,6 +21,7 @@ class MMChatAdapter(FamilyAdapter):
     model_types = ("mmchat",)
     shows_attention = True
     batched = True
+    records_attention = True
     # Trained under bf16 autocast; in bf16 weights the shipped model gave the fp32 answer to all
     # 300 v1 questions and 120 descriptions of the selection sets, and its batches run faster on AMX.
     cpu_bf16 = True
