@@ -5,7 +5,6 @@ It knows nothing of Gradio; the UI, the evaluation CLI and the tests all call it
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 import weakref
@@ -390,7 +389,7 @@ class ChatEngine:
         image, key, question = self._checked(image, question)
         if self.adapter.records_attention:
             weights = self._answer_attention(image, key, question, answer, history or [])
-            grid = None if weights is None or not len(weights) else self.adapter.grid_from_weights(weights.mean(0))
+            grid = None if weights is None or not len(weights) else self.adapter.grid_from_weights(weights.mean(0), image)
         else:
             asked, history = self._asked(image, key, question, history or [])
             if asked is None:
@@ -411,8 +410,7 @@ class ChatEngine:
         weights = self._answer_attention(image, key, question, answer, history or [])  # (A, N), one row per answer token
         if weights is None or not len(weights):
             return []
-        side = math.isqrt(weights.shape[-1])  # a square grid of patches; a ViT's CLS token dropped
-        grids = weights[:, -side * side :].reshape(len(weights), side, side).float().cpu().numpy()
+        grids = self.adapter.weight_grids(weights, image)
         offsets = self.adapter.tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         return object_panels(image, answer, offsets, grids)
 

@@ -496,3 +496,24 @@ def test_quantized_mllama_steps_give_what_its_generate_gives(loaded, mode):
         generated(adapter, image, q, h, 8) for image, q, h in asked
     ]
     engine.close()
+
+
+@pytest.mark.parametrize("mode", ["none", "nf4"])
+def test_mllama_heat_map_comes_from_the_answering_pass_and_matches_a_second_pass(loaded, mode, monkeypatch):
+    adapter = loaded("mllama", mode)
+    engine = ChatEngine(adapter)
+    image, question, history = picture(80, 48), "and the disc", [Turn("what colour is the square", "red")]
+    reply = engine.submit(image, question, history, GenerationSettings(max_new_tokens=6))
+    answer = reply.text()
+    second = []
+    monkeypatch.setattr(adapter, "answer_attention", lambda *a: second.append(1))
+    recorded = engine.answer_attention(image, question, answer, history)  # (A, N), while answering
+    overlay = engine.attention_overlay(image, question, answer, history)
+    assert not second, "no second pass"
+    monkeypatch.undo()
+    inputs = engine._fit_history(engine.check(image, question)[0], question, history)
+    # The tokens chosen (a random model's text need not tokenize back to them)
+    again = adapter.answer_attention(inputs, torch.tensor(reply.answer_tokens))
+    assert recorded.shape == again.shape and torch.allclose(recorded, again, atol=2e-3 if mode == "nf4" else 1e-4)
+    assert overlay.size == image.size
+    engine.close()

@@ -98,6 +98,15 @@ class FamilyAdapter:
             pad = self.tokenizer.pad_token_id
         return int(pad if pad is not None else self.eos_token_ids()[0])
 
+    def weight_grids(self, weights: torch.Tensor, image: Image.Image | None = None) -> np.ndarray:
+        """(A, N) recorded weights over the image tokens -> (A, h, w) grids laid out as the image is
+        (for a family with `records_attention`); `image` is the picture the weights are about."""
+        raise NotImplementedError
+
+    def grid_from_weights(self, weights: torch.Tensor, image: Image.Image | None = None) -> np.ndarray:
+        """(N,) weights over the image tokens -> the stretched (h, w) grid."""
+        return stretch(self.weight_grids(weights[None], image)[0])
+
     def batch_key(self, inputs: dict[str, torch.Tensor]) -> Any:
         """For a family answered by its own `generate` that has a `collate`: requests waiting together
         whose inputs give the same key (and ask with the same settings) share one `generate`."""

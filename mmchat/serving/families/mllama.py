@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import DynamicCache, MllamaForConditionalGeneration, MllamaProcessor
+from transformers.models.mllama.image_processing_pil_mllama import get_optimal_tiled_canvas
+from transformers.models.mllama.modeling_mllama import _prepare_cross_attention_mask, eager_attention_forward
 
 from .base import KV, FamilyAdapter, Turn, from_cache, stretch
 
@@ -36,9 +38,10 @@ class MllamaAdapter(FamilyAdapter):
     multi_turn = True
     shows_attention = True
     # Step by step in the scheduler's shared batches: requests join and leave between steps, and a
-    # follow-up starts from its conversation's cached image keys/values and earlier turns. The
-    # heat-map is a second pass (eager attention, see `attention_grid`): sdpa returns no weights.
+    # follow-up starts from its conversation's cached image keys/values and earlier turns; the
+    # heat-map is recorded while answering (`_looked`).
     batched = True
+    records_attention = True
     # An image's cross-attention keys/values at the real size (8 layers, 4 tiles of 1,601 tokens,
     # 8 kv heads of 128, bf16) are about 210 MB: room for some 20 conversations' images.
     image_cache_bytes = 4 << 30
@@ -157,9 +160,9 @@ class MllamaAdapter(FamilyAdapter):
         images: MllamaImages,
         record: bool,
         keep: int = 1,
-    ) -> tuple[torch.Tensor, KV, None]:
-        """One forward of a batch: the last `keep` positions' logits (B, keep, V) and the grown
-        self-attention keys/values (no attention map: see `attention_grid`)."""
+    ) -> tuple[torch.Tensor, KV, torch.Tensor | None]:
+        """One forward of a batch: the last `keep` positions' logits (B, keep, V), the grown
+        self-attention keys/values, and where those positions looked (B, keep, N), when `record`."""
         B, T = input_ids.shape
         # A token sees its row's image from the <|image|> token on, as the processor's cross-attention
         # mask says; where the image token is not among these columns, it came before them.
@@ -177,18 +180,50 @@ class MllamaAdapter(FamilyAdapter):
         cache = DynamicCache(ddp_cache_data=[(k[:, :, :0], v[:, :, :0]) for k, v in layers])
         for layer, (k, v) in zip(cache.layers, layers):
             layer.keys, layer.values = k, v
-        with torch.inference_mode():
-            out = self.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                cross_attention_mask=cross_mask,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=keep,
-            )
+        seen: dict[int, torch.Tensor] = {}  # cross-attention layer -> its input at the kept positions
+        hooks = []
+        if record:
+            for i in cross:
+                module = self.model.model.language_model.layers[i].cross_attn
+                hooks.append(module.register_forward_pre_hook(
+                    lambda m, args, kwargs, i=i: seen.__setitem__(i, (args[0] if args else kwargs["hidden_states"])[:, -keep:]),
+                    with_kwargs=True,
+                ))
+        try:
+            with torch.inference_mode():
+                out = self.model(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    cross_attention_mask=cross_mask,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=keep,
+                )
+                weights = self._looked(seen, images, cross_mask[:, -keep:]) if record else None
+        finally:
+            for hook in hooks:
+                hook.remove()
         grown = [kv for i, kv in enumerate(from_cache(out.past_key_values)) if i not in cross]
-        return out.logits[:, -keep:].float(), grown, None
+        return out.logits[:, -keep:].float(), grown, weights
+
+    def _looked(self, seen: dict[int, torch.Tensor], images: MllamaImages, cross_mask: torch.Tensor) -> torch.Tensor:
+        """(B, keep, N): where the kept positions looked over the image tokens, mean over the
+        cross-attention layers and heads. sdpa gives no weights, so each layer's are computed again
+        from its input by its own query projection and transformers' eager attention (the model's
+        attention implementation is model-wide: switching it for a step would be slower)."""
+        mask, _ = _prepare_cross_attention_mask(
+            cross_mask, num_vision_tokens=self.model.model.vision_model.num_patches, dtype=images.key_values[next(iter(seen))][0].dtype
+        )  # (B, 1, keep, N), additive
+        maps = []
+        for i, hidden in seen.items():
+            module = self.model.model.language_model.layers[i].cross_attn
+            B, K, _ = hidden.shape
+            query = module.q_norm(module.q_proj(hidden).view(B, K, module.num_heads, module.head_dim).transpose(1, 2))
+            key, value = images.key_values[i]
+            _, weights = eager_attention_forward(module, query.to(key.dtype), key, value, mask, scaling=module.scaling)
+            maps.append(weights.float().mean(dim=1))  # (B, keep, N)
+        return torch.stack(maps).mean(dim=0)
 
     def answer_batch(self, images: list[Image.Image], questions: list[str], generate_kwargs: dict[str, Any]) -> list[str]:
         prompts = [self.prompt(q, []) for q in questions]
@@ -203,10 +238,10 @@ class MllamaAdapter(FamilyAdapter):
         )
         return self.generate_continuations(batch, generate_kwargs)
 
-    def attention_grid(self, inputs: dict[str, torch.Tensor], answer_ids: torch.Tensor) -> np.ndarray | None:
-        """Mean cross-attention of the answer's predicting positions over the image patches, tiles in place."""
-        if answer_ids.numel() == 0:
-            return None
+    def answer_attention(self, inputs: dict[str, torch.Tensor], answer_ids: torch.Tensor) -> torch.Tensor:
+        """(A, N) by a second forward pass over prompt + answer: where each answer token's predicting
+        position looked over the image tokens (every tile's CLS and patches), mean over the
+        cross-attention layers and heads (the engine records the same while answering)."""
         ids = torch.cat([inputs["input_ids"], answer_ids[None].to(self.device)], dim=1)
         n_answer = answer_ids.numel()
         mask = inputs["cross_attention_mask"]  # (1, T, images, tiles): answer tokens see what the last one saw
@@ -228,16 +263,32 @@ class MllamaAdapter(FamilyAdapter):
                     )
             finally:
                 self.model.set_attn_implementation({"text_config": previous})
-        layers = self.model.config.text_config.cross_attention_layers
-        # (cross layers, 1, nh, T, tiles * (1 + patches)) -> (tiles * (1 + patches),)
-        weights = torch.stack([out.attentions[i] for i in layers])[:, 0, :, -n_answer - 1 : -1].float().mean(dim=(0, 1, 2))
+        # (cross layers, 1, nh, T, tiles * (1 + patches)) -> (A, tiles * (1 + patches))
+        weights = torch.stack([out.attentions[i] for i in self._cross_layers()])[:, 0, :, -n_answer - 1 : -1]
+        return weights.float().mean(dim=(0, 1))
+
+    def attention_grid(self, inputs: dict[str, torch.Tensor], answer_ids: torch.Tensor) -> np.ndarray | None:
+        """Mean cross-attention of the answer's predicting positions over the image patches, tiles in place."""
+        if answer_ids.numel() == 0:
+            return None
+        rows, cols = self.model.config.vision_config.supported_aspect_ratios[int(inputs["aspect_ratio_ids"][0, 0]) - 1]
+        return stretch(self._in_place(self.answer_attention(inputs, answer_ids).mean(0)[None], rows, cols)[0])
+
+    def weight_grids(self, weights: torch.Tensor, image: Image.Image | None = None) -> np.ndarray:
+        """(A, N) -> (A, rows * side, cols * side): the tiles where the processor cut them from `image`."""
+        processor = self.processor.image_processor
+        tile = processor.size["height"]
+        height, width = get_optimal_tiled_canvas(
+            image_height=image.height, image_width=image.width, max_image_tiles=processor.max_image_tiles, tile_size=tile
+        )
+        return self._in_place(weights, height // tile, width // tile)
+
+    def _in_place(self, weights: torch.Tensor, rows: int, cols: int) -> np.ndarray:
+        """(A, max tiles * (1 + side * side)) -> (A, rows * side, cols * side), each tile's CLS dropped."""
         vision = self.model.config.vision_config
         side = vision.image_size // vision.patch_size
-        max_tiles = inputs["pixel_values"].shape[2]  # (1, images, tiles, C, H, W), padded to the most tiles
-        # (tiles, 1 + side * side): each tile's CLS token first, then its patches row by row
-        weights = weights[: max_tiles * (1 + side * side)].reshape(max_tiles, 1 + side * side)[:, 1:]
-        rows, cols = vision.supported_aspect_ratios[int(inputs["aspect_ratio_ids"][0, 0]) - 1]
-        tiles = weights[: rows * cols].reshape(rows, cols, side, side)  # tiles cut row by row from the canvas
-        grid = tiles.permute(0, 2, 1, 3).reshape(rows * side, cols * side).cpu().numpy()
-        return stretch(grid)
-
+        A = len(weights)
+        # (A, tiles, 1 + side * side): each tile's CLS token first, then its patches row by row
+        weights = weights[:, : vision.max_num_tiles * (1 + side * side)].reshape(A, vision.max_num_tiles, -1)[:, :, 1:]
+        tiles = weights[:, : rows * cols].reshape(A, rows, cols, side, side)  # tiles cut row by row from the canvas
+        return tiles.permute(0, 1, 3, 2, 4).reshape(A, rows * side, cols * side).float().cpu().numpy()

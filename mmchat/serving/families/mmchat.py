@@ -13,7 +13,7 @@ from PIL import Image
 from ...modeling.fusion import CrossAttentionCache
 from ...modeling.modeling_mmchat import MMChatForConditionalGeneration
 from ...modeling.processing_mmchat import MMChatProcessor
-from .base import KV, FamilyAdapter, Turn, from_cache, stretch, to_cache
+from .base import KV, FamilyAdapter, Turn, from_cache, to_cache
 
 
 class MMChatAdapter(FamilyAdapter):
@@ -140,10 +140,10 @@ class MMChatAdapter(FamilyAdapter):
             weights = torch.stack([w[:, :, -keep:] for w in out.cross_attentions]).mean(dim=(0, 2))
         return out.logits[:, -keep:].float(), from_cache(out.past_key_values), weights
 
-    def grid_from_weights(self, weights: torch.Tensor) -> np.ndarray:
-        """(N,) weights over the image tokens -> the stretched (side, side) patch grid."""
-        side = math.isqrt(weights.numel())  # a square grid of patches (or CNN cells)
-        return stretch(weights[-side * side :].reshape(side, side).float().cpu().numpy())
+    def weight_grids(self, weights: torch.Tensor, image: Image.Image | None = None) -> np.ndarray:
+        """(A, N) -> (A, side, side): a square grid of patches (or CNN cells), a ViT's CLS token dropped."""
+        side = math.isqrt(weights.shape[-1])
+        return weights[:, -side * side :].reshape(len(weights), side, side).float().cpu().numpy()
 
     def answer_batch(self, images: list[Image.Image], questions: list[str], generate_kwargs: dict[str, Any]) -> list[str]:
         prompts = [self.processor.prompt([{"role": "user", "content": q}]) for q in questions]
