@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -97,6 +97,33 @@ class FamilyAdapter:
         if pad is None:
             pad = self.tokenizer.pad_token_id
         return int(pad if pad is not None else self.eos_token_ids()[0])
+
+    # ---- a batched family's image states: a dataclass of one batch-first tensor, then `key_values`
+    # (layer -> (k, v), batch first); mmchat's `CrossAttentionCache`, Llama 3.2 Vision's `MllamaImages`
+
+    def stack_images(self, states: list[Any]) -> Any:
+        lead = fields(states[0])[0].name
+        return type(states[0])(
+            torch.cat([getattr(s, lead) for s in states]),
+            {
+                layer: (torch.cat([s.key_values[layer][0] for s in states]), torch.cat([s.key_values[layer][1] for s in states]))
+                for layer in states[0].key_values
+            },
+        )
+
+    def image_tensors(self, state: Any) -> list[torch.Tensor]:
+        """The state's tensors, batch first, in a fixed order (the scheduler's slots hold them)."""
+        lead = getattr(state, fields(state)[0].name)
+        return [lead] + [t for layer in sorted(state.key_values) for t in state.key_values[layer]]
+
+    def images_from_tensors(self, like: Any, tensors: list[torch.Tensor]) -> Any:
+        layers = sorted(like.key_values)
+        return type(like)(tensors[0], {layer: (tensors[1 + 2 * i], tensors[2 + 2 * i]) for i, layer in enumerate(layers)})
+
+    def select_images(self, state: Any, idx: torch.Tensor) -> Any:
+        lead = getattr(state, fields(state)[0].name)
+        idx = idx.to(lead.device)
+        return type(state)(lead[idx], {layer: (k[idx], v[idx]) for layer, (k, v) in state.key_values.items()})
 
     def weight_grids(self, weights: torch.Tensor, image: Image.Image | None = None) -> np.ndarray:
         """(A, N) recorded weights over the image tokens -> (A, h, w) grids laid out as the image is

@@ -131,26 +131,6 @@ class MllamaAdapter(FamilyAdapter):
         )
         return [self.select_images(state, torch.tensor([i])) for i in range(n)]
 
-    def stack_images(self, states: list[MllamaImages]) -> MllamaImages:
-        return MllamaImages(
-            torch.cat([s.tiles for s in states]),
-            {
-                i: (torch.cat([s.key_values[i][0] for s in states]), torch.cat([s.key_values[i][1] for s in states]))
-                for i in states[0].key_values
-            },
-        )
-
-    def image_tensors(self, state: MllamaImages) -> list[torch.Tensor]:
-        return [state.tiles] + [t for i in sorted(state.key_values) for t in state.key_values[i]]
-
-    def images_from_tensors(self, like: MllamaImages, tensors: list[torch.Tensor]) -> MllamaImages:
-        layers = sorted(like.key_values)
-        return MllamaImages(tensors[0], {i: (tensors[1 + 2 * j], tensors[2 + 2 * j]) for j, i in enumerate(layers)})
-
-    def select_images(self, state: MllamaImages, idx: torch.Tensor) -> MllamaImages:
-        idx = idx.to(state.tiles.device)
-        return MllamaImages(state.tiles[idx], {i: (k[idx], v[idx]) for i, (k, v) in state.key_values.items()})
-
     def step(
         self,
         input_ids: torch.Tensor,  # (B, T)

@@ -83,29 +83,6 @@ class MMChatAdapter(FamilyAdapter):
                     cache.key_values[layer.layer_idx] = (packed(k), packed(v))
         return [self.select_images(cache, torch.tensor([i])) for i in range(len(images))]
 
-    def stack_images(self, states: list[CrossAttentionCache]) -> CrossAttentionCache:
-        return CrossAttentionCache(
-            torch.cat([s.image_states for s in states]),
-            {
-                layer: (torch.cat([s.key_values[layer][0] for s in states]), torch.cat([s.key_values[layer][1] for s in states]))
-                for layer in states[0].key_values
-            },
-        )
-
-    def image_tensors(self, state: CrossAttentionCache) -> list[torch.Tensor]:
-        """The state's tensors, batch first, in a fixed order (the scheduler's slots hold them)."""
-        return [state.image_states] + [t for layer in sorted(state.key_values) for t in state.key_values[layer]]
-
-    def images_from_tensors(self, like: CrossAttentionCache, tensors: list[torch.Tensor]) -> CrossAttentionCache:
-        layers = sorted(like.key_values)
-        return CrossAttentionCache(tensors[0], {layer: (tensors[1 + 2 * i], tensors[2 + 2 * i]) for i, layer in enumerate(layers)})
-
-    def select_images(self, state: CrossAttentionCache, idx: torch.Tensor) -> CrossAttentionCache:
-        idx = idx.to(state.image_states.device)
-        return CrossAttentionCache(
-            state.image_states[idx], {layer: (k[idx], v[idx]) for layer, (k, v) in state.key_values.items()}
-        )
-
     def step(
         self,
         input_ids: torch.Tensor,  # (B, T)
