@@ -8,6 +8,8 @@ with the image in the first user turn; the cross-attention mask lets every later
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,48 +152,58 @@ class MllamaAdapter(FamilyAdapter):
         start = torch.where(at_image.any(dim=1), at_image.int().argmax(dim=1), 0)[:, None]  # (B, 1)
         sees = torch.arange(T, device=input_ids.device)[None] >= start  # (B, T)
         cross_mask = (sees[:, :, None, None] & images.tiles[:, None, None, :].bool()).long()  # (B, T, 1 image, tiles)
+        with self._cross_attention_inputs(keep if record else 0) as seen, torch.inference_mode():
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cross_attention_mask=cross_mask,
+                past_key_values=self._cache(past, images, B),
+                use_cache=True,
+                logits_to_keep=keep,
+            )
+            weights = self._looked(seen, images, cross_mask[:, -keep:]) if record else None
+        cross = set(self._cross_layers())
+        grown = [kv for i, kv in enumerate(from_cache(out.past_key_values)) if i not in cross]
+        return out.logits[:, -keep:].float(), grown, weights
+
+    def _cache(self, past: KV | None, images: MllamaImages, rows: int) -> DynamicCache:
+        """Every layer's keys/values in layer order: the rows' text so far at the self-attention
+        layers (none yet: empty), the images' at the cross-attention layers."""
         text = self.model.config.text_config
         cross = set(self._cross_layers())
         own = iter(past or [])
-        head_dim = text.hidden_size // text.num_attention_heads
         like = next(iter(images.key_values.values()))[0]  # the keys/values' precision (a quantized model computes in another)
-        empty = like.new_empty((B, text.num_key_value_heads, 0, head_dim))
+        empty = like.new_empty((rows, text.num_key_value_heads, 0, text.hidden_size // text.num_attention_heads))
         layers = [images.key_values[i] if i in cross else next(own, (empty, empty)) for i in range(text.num_hidden_layers)]
         cache = DynamicCache(ddp_cache_data=[(k[:, :, :0], v[:, :, :0]) for k, v in layers])
-        for layer, (k, v) in zip(cache.layers, layers):
+        for layer, (k, v) in zip(cache.layers, layers):  # as they are, not concatenated onto empty ones
             layer.keys, layer.values = k, v
-        seen: dict[int, torch.Tensor] = {}  # cross-attention layer -> its input at the kept positions
-        hooks = []
-        if record:
-            for i in cross:
-                module = self.model.model.language_model.layers[i].cross_attn
-                hooks.append(module.register_forward_pre_hook(
-                    lambda m, args, kwargs, i=i: seen.__setitem__(i, (args[0] if args else kwargs["hidden_states"])[:, -keep:]),
-                    with_kwargs=True,
-                ))
+        return cache
+
+    @contextmanager
+    def _cross_attention_inputs(self, keep: int) -> Iterator[dict[int, torch.Tensor]]:
+        """While inside: each cross-attention layer's input at the last `keep` positions, by layer
+        (nothing kept for `keep` 0)."""
+        seen: dict[int, torch.Tensor] = {}
+
+        def kept(i: int) -> Callable:
+            return lambda module, args, kwargs: seen.__setitem__(i, (args[0] if args else kwargs["hidden_states"])[:, -keep:])
+
+        layers = self.model.model.language_model.layers
+        hooks = [layers[i].cross_attn.register_forward_pre_hook(kept(i), with_kwargs=True) for i in self._cross_layers()] if keep else []
         try:
-            with torch.inference_mode():
-                out = self.model(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    position_ids=position_ids,
-                    cross_attention_mask=cross_mask,
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=keep,
-                )
-                weights = self._looked(seen, images, cross_mask[:, -keep:]) if record else None
+            yield seen
         finally:
             for hook in hooks:
                 hook.remove()
-        grown = [kv for i, kv in enumerate(from_cache(out.past_key_values)) if i not in cross]
-        return out.logits[:, -keep:].float(), grown, weights
 
     def _looked(self, seen: dict[int, torch.Tensor], images: MllamaImages, cross_mask: torch.Tensor) -> torch.Tensor:
         """(B, keep, N): where the kept positions looked over the image tokens, mean over the
         cross-attention layers and heads. sdpa gives no weights, so each layer's are computed again
-        from its input by its own query projection and transformers' eager attention (the model's
-        attention implementation is model-wide: switching it for a step would be slower)."""
+        from its input by its own query projection, with transformers' own mask preparation and eager
+        attention for Mllama (the attention implementation is model-wide: switching it for a step
+        would be slower)."""
         mask, _ = _prepare_cross_attention_mask(
             cross_mask, num_vision_tokens=self.model.model.vision_model.num_patches, dtype=images.key_values[next(iter(seen))][0].dtype
         )  # (B, 1, keep, N), additive
