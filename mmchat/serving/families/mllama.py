@@ -20,7 +20,7 @@ from transformers import DynamicCache, MllamaForConditionalGeneration, MllamaPro
 from transformers.models.mllama.image_processing_pil_mllama import get_optimal_tiled_canvas
 from transformers.models.mllama.modeling_mllama import _prepare_cross_attention_mask, eager_attention_forward
 
-from .base import KV, FamilyAdapter, Turn, from_cache, stretch
+from .base import KV, FamilyAdapter, Turn, from_cache, stretch, to_cache
 
 # Without a chat template (the base, non-instruct checkpoints) the model card's plain prompt.
 _PLAIN_TURN = "Question: {question}\nAnswer:"
@@ -175,11 +175,7 @@ class MllamaAdapter(FamilyAdapter):
         own = iter(past or [])
         like = next(iter(images.key_values.values()))[0]  # the keys/values' precision (a quantized model computes in another)
         empty = like.new_empty((rows, text.num_key_value_heads, 0, text.hidden_size // text.num_attention_heads))
-        layers = [images.key_values[i] if i in cross else next(own, (empty, empty)) for i in range(text.num_hidden_layers)]
-        cache = DynamicCache(ddp_cache_data=[(k[:, :, :0], v[:, :, :0]) for k, v in layers])
-        for layer, (k, v) in zip(cache.layers, layers):  # as they are, not concatenated onto empty ones
-            layer.keys, layer.values = k, v
-        return cache
+        return to_cache([images.key_values[i] if i in cross else next(own, (empty, empty)) for i in range(text.num_hidden_layers)])
 
     @contextmanager
     def _cross_attention_inputs(self, keep: int) -> Iterator[dict[int, torch.Tensor]]:
