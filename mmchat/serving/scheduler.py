@@ -15,8 +15,9 @@ given before) and keeps those the model chooses too, so one step may give a row 
 mmchat and Llama 3.2 Vision run step by step (`adapter.batched`). BLIP cannot (`adapter.batched`
 False): it is answered on the same thread with its own `generate`, the requests waiting at that
 moment with the same settings and questions of one length in one unpadded batch (`adapter.collate`,
-`adapter.batch_key`). A batch's rows stream and end on their own (an end-of-turn token, or Stop), but
-no request joins a running `generate`. Heat-map passes run on this thread too, so nothing else uses
+`adapter.batch_key`), from each image's encoding kept in the same cache (`adapter.keeps_images`).
+A batch's rows stream and end on their own (an end-of-turn token, or Stop), but no request joins a
+running `generate`. Heat-map passes run on this thread too, so nothing else uses
 the model meanwhile (Mllama switches its attention implementation model-wide to get weights).
 
 transformers' own continuous batching (`generate_batch`) serves text-only models from a paged cache;
@@ -580,14 +581,15 @@ class Scheduler:
         streamer = _RowsStreamer(rows, self.eos)
         try:
             inputs = rows[0].inputs if len(rows) == 1 else self.adapter.collate([r.inputs for r in rows])
-            with torch.inference_mode():
-                self.adapter.model.generate(
-                    **inputs,
-                    **self.adapter.generate_kwargs(),
-                    **rows[0].settings.generate_kwargs(),
-                    streamer=streamer,
-                    stopping_criteria=StoppingCriteriaList([Stop()]),
-                )
+            self.adapter.generate(
+                inputs,
+                self._image_states(rows) if self.adapter.keeps_images else None,
+                streamer.looked if self.record_attention else None,
+                **self.adapter.generate_kwargs(),
+                **rows[0].settings.generate_kwargs(),
+                streamer=streamer,
+                stopping_criteria=StoppingCriteriaList([Stop()]),
+            )
         except Exception as e:
             if len(rows) == 1:
                 streamer.fail(e)
@@ -611,6 +613,11 @@ class _RowsStreamer(BaseStreamer):
         self.eos = eos
         self.prompt_seen = False
         self.ended = [False] * len(rows)
+        self.maps: torch.Tensor | None = None  # (B, N): where this step's tokens were chosen looking
+
+    def looked(self, weights: torch.Tensor) -> None:
+        """The family's report of the step whose tokens come next (`FamilyAdapter.generate`)."""
+        self.maps = weights.float().cpu()
 
     def _end(self, i: int, kind: str, value: Any) -> None:
         if not self.ended[i]:
@@ -627,16 +634,20 @@ class _RowsStreamer(BaseStreamer):
             if self.rows[i].cancel.is_set():
                 self._end(i, "end", "stopped")
                 continue
+            if self.maps is not None:  # before the token: a request that sees its end reads its maps
+                self.rows[i].attention.append(self.maps[i].clone())
             self.rows[i].emit(token)
-            if token in self.eos:
-                self._end(i, "end", "done")
+            if token in self.eos:  # the reasons the step-by-step rows end with (`Scheduler._advance`)
+                self._end(i, "end", "eos")
+            elif len(self.rows[i].tokens) >= self.rows[i].settings.max_new_tokens:
+                self._end(i, "end", "length")
 
     def end(self) -> None:
         pass
 
     def finish(self) -> None:
         for i, r in enumerate(self.rows):
-            self._end(i, "end", "stopped" if r.cancel.is_set() else "done")
+            self._end(i, "end", "stopped" if r.cancel.is_set() else "length")
 
     def fail(self, error: BaseException, only_started: bool = False) -> None:
         for i, r in enumerate(self.rows):

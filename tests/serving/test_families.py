@@ -152,7 +152,13 @@ def blip_model(processor: BlipProcessor) -> BlipForQuestionAnswering:
     tokenizer = processor.tokenizer
     config = BlipConfig(
         vision_config=dict(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=16
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=16,
+            initializer_range=0.02,  # BLIP's default, 1e-10, leaves every image's tokens at about zero
         ),
         text_config=dict(
             vocab_size=len(tokenizer),
@@ -464,13 +470,13 @@ def test_blip_requests_waiting_together_share_a_generate_per_question_length(loa
     alone.close()
 
     batches = []
-    generate = adapter.model.generate
+    generate = adapter.generate
 
-    def counted(**kwargs):
-        batches.append((kwargs["input_ids"].shape[0], bool(kwargs["attention_mask"].all())))
-        return generate(**kwargs)
+    def counted(inputs, *args, **kwargs):
+        batches.append((inputs["input_ids"].shape[0], bool(inputs["attention_mask"].all())))
+        return generate(inputs, *args, **kwargs)
 
-    monkeypatch.setattr(adapter.model, "generate", counted)
+    monkeypatch.setattr(adapter, "generate", counted)
     engine = ChatEngine(adapter)
     hold = threading.Event()
     held = threading.Thread(target=engine.scheduler.call, args=(hold.wait,))
@@ -484,6 +490,47 @@ def test_blip_requests_waiting_together_share_a_generate_per_question_length(loa
     assert sizes == sorted(Counter(lengths).values())  # one generate per question length
     assert all(unpadded for _, unpadded in batches)
     assert answers == expected
+
+
+def blip_generated(adapter: FamilyAdapter, image: Image.Image, question: str, max_new_tokens: int) -> str:
+    """BLIP's own `generate` alone (ViT, question encoder, answer decoder), the engine's reference."""
+    with torch.inference_mode():
+        out = adapter.model.generate(**adapter.inputs(image, question, []), max_new_tokens=max_new_tokens, do_sample=False)
+    return adapter.tokenizer.decode(out[0], skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize("mode", ["none", "nf4"])
+def test_blip_reads_each_image_once_and_records_its_heat_map_while_answering(loaded, mode, monkeypatch):
+    adapter = loaded("blip", mode)
+    settings = GenerationSettings(max_new_tokens=6)
+    image, asked = picture(), ["what colour is the square", "how many shapes are there", "is it red"]
+    expected = [blip_generated(adapter, image, q, 6) for q in asked]
+    assert all(expected)
+    engine = ChatEngine(adapter)
+    vit = []
+    hook = adapter.model.vision_model.register_forward_hook(lambda *_: vit.append(1))
+    replies = [engine.submit(image, q, [], settings) for q in asked]
+    assert [reply.text() for reply in replies] == expected  # token for token what BLIP's generate gives
+    assert len(vit) == 1, "the questions after the first read the kept ViT tokens"
+    engine.answer(picture(80, 48), asked[0], settings=settings)
+    assert len(vit) == 2  # another image is read
+    engine.release(image)
+    engine.answer(image, asked[0], settings=settings)
+    assert len(vit) == 3  # released: read again
+    hook.remove()
+
+    second = []
+    monkeypatch.setattr(adapter, "answer_attention", lambda *a: second.append(1))
+    recorded = [engine.answer_attention(image, q, a) for q, a in zip(asked, expected)]  # (A, 1 + N) each
+    overlay = engine.attention_overlay(image, asked[0], expected[0])
+    assert not second, "no second pass"
+    monkeypatch.undo()
+    for q, reply, weights in zip(asked, replies, recorded):
+        again = adapter.answer_attention(adapter.inputs(image, q, []), torch.tensor(reply.answer_tokens))
+        assert weights.shape == again.shape and torch.allclose(weights, again, atol=2e-3 if mode == "nf4" else 1e-5)
+    assert not torch.allclose(recorded[0].mean(0), recorded[1].mean(0), atol=1e-4), "each question has its own map"
+    assert overlay is not None and overlay.size == image.size
+    engine.close()
 
 
 @pytest.mark.parametrize("mode", ["nf4", "int8"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -48,10 +48,13 @@ class FamilyAdapter:
     # True: the family runs step by step in the scheduler's shared batches (`prompt_ids`,
     # `encode_images`, `stack_images`, `select_images`, `step`); False: one `generate` at a time.
     batched: ClassVar[bool] = False
-    # True: a batched family's `step` returns where each chosen token looked (the heat-map comes from
-    # the answering pass); False: the heat-map is a second pass (`attention_grid`).
+    # True: the heat-map comes from the answering pass (a batched family's `step` returns where each
+    # chosen token looked; another family's `generate` reports it); False: a second pass (`attention_grid`).
     records_attention: ClassVar[bool] = False
-    # Bytes of image states (a batched family's `encode_images`) the engine keeps for follow-ups.
+    # True: a family answered by its own `generate` (not `batched`) that encodes each image once
+    # (`encode_images`) and answers every turn about it from that state (`generate`'s `images`).
+    keeps_images: ClassVar[bool] = False
+    # Bytes of image states (`encode_images`) the engine keeps for follow-ups.
     image_cache_bytes: ClassVar[int] = 64 << 20
     skip_modules: ClassVar[dict[str, list[str]]] = {}
     # True: on a CPU with AMX, "auto" loads it in bf16 (`loading.resolve_dtype`); only where that
@@ -133,6 +136,26 @@ class FamilyAdapter:
     def grid_from_weights(self, weights: torch.Tensor, image: Image.Image | None = None) -> np.ndarray:
         """(N,) weights over the image tokens -> the stretched (h, w) grid."""
         return stretch(self.weight_grids(weights[None], image)[0])
+
+    def encode_images(self, images: list[Image.Image]) -> list[Any]:
+        """One state per image, each with a batch dimension of 1: what answering reads of the image,
+        computed once and kept for the conversation's follow-ups (`batched` or `keeps_images`)."""
+        raise NotImplementedError
+
+    def generate(
+        self,
+        inputs: dict[str, torch.Tensor],
+        images: list[Any] | None,
+        looked: Callable[[torch.Tensor], None] | None,
+        **generate_kwargs: Any,
+    ) -> None:
+        """A family that is not `batched` answers `inputs` (one request, or a `collate`d batch) with
+        its `generate`, streaming through `generate_kwargs`' streamer. `images`: each row's
+        `encode_images` state, for a family that `keeps_images`. `looked`: for a family that
+        `records_attention`, called after each step's forward, before its tokens are streamed, with
+        (B, N) weights of where the position that chose each row's token looked."""
+        with torch.inference_mode():
+            self.model.generate(**inputs, **generate_kwargs)
 
     def batch_key(self, inputs: dict[str, torch.Tensor]) -> Any:
         """For a family answered by its own `generate` that has a `collate`: requests waiting together

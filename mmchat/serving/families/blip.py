@@ -2,12 +2,16 @@
 
 BLIP answers in three steps: a ViT encodes the image, a BERT text encoder reads the question while
 cross-attending to the image, and a BERT text decoder writes the answer while cross-attending to the
-encoded question. It was trained on single questions, so earlier turns are not given to it.
+encoded question. It was trained on single questions, so earlier turns are not given to it. The
+engine keeps each image's ViT tokens for the questions that follow about it, and records the
+heat-map while answering (`generate`).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -15,16 +19,20 @@ import torch
 from PIL import Image
 from transformers import BlipForQuestionAnswering, BlipProcessor
 
-from .base import FamilyAdapter, Turn, stretch
+from .base import FamilyAdapter, Turn
 
 
 class BlipAdapter(FamilyAdapter):
     family = "blip"
     model_types = ("blip",)
     multi_turn = False
-    # Streams token by token: `BlipForQuestionAnswering.generate` hands the streamer to its text
-    # decoder's `generate`, whose prompt is the one start token, which `skip_prompt=True` drops.
+    # Streams token by token: the streamer goes to the text decoder's `generate`, whose prompt is the
+    # one start token, which `skip_prompt=True` drops.
     shows_attention = True
+    records_attention = True
+    keeps_images = True
+    # blip-vqa-base's ViT tokens, (577, 768) in fp32: 1.8 MB an image, so about 140 images.
+    image_cache_bytes = 256 << 20
     # No list: transformers' default skips apply (the answer head `text_decoder.cls.predictions.decoder`,
     # tied to the word embeddings); every other linear layer quantizes and generates in nf4 and int8.
     skip_modules: dict[str, list[str]] = {}
@@ -70,19 +78,75 @@ class BlipAdapter(FamilyAdapter):
                 answers[i] = answer.strip()
         return answers
 
-    def attention_grid(self, inputs: dict[str, torch.Tensor], answer_ids: torch.Tensor) -> np.ndarray | None:
-        """Answer → question attention (decoder) composed with question → image attention (encoder)."""
-        if answer_ids.numel() == 0:
-            return None
+    # ---- answered from each image's kept encoding, the heat-map recorded while answering ----
+
+    def encode_images(self, images: list[Image.Image]) -> list[torch.Tensor]:
+        """Each image's ViT tokens, (1, 1 + N, D): a follow-up about the same image runs no ViT."""
+        pixel_values = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)
+        with torch.inference_mode():
+            embeds = self.model.vision_model(pixel_values=pixel_values)[0]
+        return [e.clone() for e in embeds.split(1)]  # apart: one cached image must not hold the batch's
+
+    def generate(
+        self,
+        inputs: dict[str, torch.Tensor],
+        images: list[torch.Tensor] | None,
+        looked: Callable[[torch.Tensor], None] | None,
+        **generate_kwargs: Any,
+    ) -> None:
+        """`BlipForQuestionAnswering.generate`'s three steps, the ViT's replaced by the kept `images`.
+        With `looked`, each step's (B, 1 + N) map is what the decoder position attended to in the
+        question, times where each question token looked in the image (mean over layers and heads)."""
         model = self.model
-        with torch.no_grad():
+        image_embeds = torch.cat(images).to(self.device)  # (B, 1 + N, D)
+        with torch.inference_mode(), _recorded(self._cross_attention("text_encoder") if looked else []) as to_image:
+            question = model.text_encoder(
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                encoder_hidden_states=image_embeds,
+                encoder_attention_mask=_ones(image_embeds),
+            ).last_hidden_state  # (B, T, D)
+        maps = torch.stack(to_image).float().mean(dim=(0, 2)) if looked else None  # (layers, B, nh, T, 1 + N) -> (B, T, 1 + N)
+        with torch.inference_mode(), _recorded(self._cross_attention("text_decoder") if looked else []) as to_question:
+            hook = None
+            if looked:
+
+                def report(*_: Any) -> None:
+                    # (layers, B, nh, q, T): the step's last position, over its question -> (B, T)
+                    weights = torch.stack(to_question)[:, :, :, -1].float().mean(dim=(0, 2))
+                    to_question.clear()
+                    looked(torch.einsum("bt,btn->bn", weights, maps))
+
+                hook = model.text_decoder.register_forward_hook(report)
+            try:
+                model.text_decoder.generate(
+                    input_ids=torch.full((len(question), 1), model.decoder_start_token_id, device=self.device),
+                    eos_token_id=model.config.text_config.sep_token_id,
+                    pad_token_id=model.config.text_config.pad_token_id,
+                    encoder_hidden_states=question,
+                    encoder_attention_mask=_ones(question),
+                    **generate_kwargs,
+                )
+            finally:
+                if hook is not None:
+                    hook.remove()
+
+    def _cross_attention(self, part: str) -> list[torch.nn.Module]:
+        """The cross-attention cores of BLIP's text encoder (question -> image) or decoder (answer -> question)."""
+        bert = self.model.text_encoder if part == "text_encoder" else self.model.text_decoder.bert
+        return [layer.crossattention.self for layer in bert.encoder.layer]
+
+    def answer_attention(self, inputs: dict[str, torch.Tensor], answer_ids: torch.Tensor) -> torch.Tensor:
+        """(A, 1 + N) by a second pass over the question and the answer: the same composition as the
+        answering pass records (answer -> question, then question -> image)."""
+        model = self.model
+        with torch.inference_mode():
             image_embeds = model.vision_model(pixel_values=inputs["pixel_values"])[0]  # (1, 1 + N, D)
-            image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
             encoded = model.text_encoder(
                 input_ids=inputs["input_ids"],
                 attention_mask=inputs["attention_mask"],
                 encoder_hidden_states=image_embeds,
-                encoder_attention_mask=image_mask,
+                encoder_attention_mask=_ones(image_embeds),
                 output_attentions=True,
             )
             start = torch.tensor([[model.decoder_start_token_id]], device=self.device)
@@ -91,12 +155,38 @@ class BlipAdapter(FamilyAdapter):
                 encoder_hidden_states=encoded.last_hidden_state,
                 output_attentions=True,
             )
-        # Decoder positions that predicted the answer tokens look at the question: (layers, 1, nh, A, T) -> (T,)
-        to_question = torch.stack(decoded.cross_attentions)[:, 0, :, :-1].float().mean(dim=(0, 1, 2))
-        # Question tokens look at the image: (layers, 1, nh, T, 1 + N) -> (T, 1 + N)
+        # The decoder positions that chose the answer tokens look at the question: (layers, 1, nh, A, T) -> (A, T)
+        to_question = torch.stack(decoded.cross_attentions)[:, 0, :, :-1].float().mean(dim=(0, 1))
+        # The question tokens look at the image: (layers, 1, nh, T, 1 + N) -> (T, 1 + N)
         to_image = torch.stack(encoded.cross_attentions)[:, 0].float().mean(dim=(0, 1))
-        weights = (to_question @ to_image)[1:]  # drop the CLS token, keep the patch grid, (N,)
-        vision = model.config.vision_config
+        return to_question @ to_image
+
+    def weight_grids(self, weights: torch.Tensor, image: Image.Image | None = None) -> np.ndarray:
+        """(A, 1 + N) -> (A, side, side): the ViT's CLS token dropped, its square patch grid kept."""
+        vision = self.model.config.vision_config
         side = vision.image_size // vision.patch_size
-        grid = weights.reshape(side, side).cpu().numpy()
-        return stretch(grid)
+        return weights[:, 1:].reshape(len(weights), side, side).float().cpu().numpy()
+
+    def attention_grid(self, inputs: dict[str, torch.Tensor], answer_ids: torch.Tensor) -> np.ndarray | None:
+        """Answer → question attention (decoder) composed with question → image attention (encoder)."""
+        if answer_ids.numel() == 0:
+            return None
+        return self.grid_from_weights(self.answer_attention(inputs, answer_ids).mean(0))
+
+
+def _ones(states: torch.Tensor) -> torch.Tensor:
+    """An all-ones mask over (B, L, D) states: BLIP attends to every image token and question position."""
+    return torch.ones(states.shape[:-1], dtype=torch.long, device=states.device)
+
+
+@contextmanager
+def _recorded(modules: list[torch.nn.Module]) -> Iterator[list[torch.Tensor]]:
+    """The attention probabilities each of `modules` (BLIP's attention cores return them second)
+    computes while the block runs, in call order."""
+    seen: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda _m, _args, out: seen.append(out[1])) for m in modules]
+    try:
+        yield seen
+    finally:
+        for hook in hooks:
+            hook.remove()
