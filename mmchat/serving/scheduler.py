@@ -14,8 +14,8 @@ given before) and keeps those the model chooses too, so one step may give a row 
 
 mmchat and Llama 3.2 Vision run step by step (`adapter.batched`). BLIP cannot (`adapter.batched`
 False): it is answered on the same thread with its own `generate`, the requests waiting at that
-moment with the same settings and questions of one length in one unpadded batch (`adapter.collate`,
-`adapter.batch_key`), from each image's encoding kept in the same cache (`adapter.keeps_images`).
+moment with the same settings in one batch (`adapter.collate`), from each image's encoding kept in
+the same cache (`adapter.keeps_images`).
 A batch's rows stream and end on their own (an end-of-turn token, or Stop), but no request joins a
 running `generate`. Heat-map passes run on this thread too, so nothing else uses
 the model meanwhile (Mllama switches its attention implementation model-wide to get weights).
@@ -559,14 +559,13 @@ class Scheduler:
         self.prefixes.put(request.image_key, ids, layers)
 
     def _groups(self, requests: list[Request]) -> list[list[Request]]:
-        """Requests one `generate` can answer together: a family that can stack inputs, the same
-        settings and the same `batch_key` of their inputs (BLIP: the question's length)."""
+        """Requests one `generate` can answer together: a family that can stack inputs (`collate`) and
+        the same settings."""
         if getattr(self.adapter, "collate", None) is None:
             return [[r] for r in requests]
         groups: dict[tuple, list[Request]] = {}
         for r in requests:
-            key = (tuple(sorted(r.settings.generate_kwargs().items())), self.adapter.batch_key(r.inputs))
-            groups.setdefault(key, []).append(r)
+            groups.setdefault(tuple(sorted(r.settings.generate_kwargs().items())), []).append(r)
         return list(groups.values())
 
     def _generate(self, rows: list[Request]) -> None:

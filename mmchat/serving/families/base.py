@@ -157,11 +157,6 @@ class FamilyAdapter:
         with torch.inference_mode():
             self.model.generate(**inputs, **generate_kwargs)
 
-    def batch_key(self, inputs: dict[str, torch.Tensor]) -> Any:
-        """For a family answered by its own `generate` that has a `collate`: requests waiting together
-        whose inputs give the same key (and ask with the same settings) share one `generate`."""
-        return None
-
     def answer_batch(self, images: list[Image.Image], questions: list[str], generate_kwargs: dict[str, Any]) -> list[str]:
         """Single-turn answers to many questions in one batched generate (evaluation)."""
         raise NotImplementedError

@@ -10,8 +10,7 @@ heat-map while answering (`generate`).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -47,23 +46,19 @@ class BlipAdapter(FamilyAdapter):
         batch = self.processor(images=image, text=question, return_tensors="pt")
         return self.to_device(batch)
 
-    def batch_key(self, inputs: dict[str, torch.Tensor]) -> int:
-        """The question's length: only questions of one length share a `generate`, unpadded (see
-        `answer_batch`); the images all have the processor's one size."""
-        return inputs["input_ids"].shape[1]
-
     def collate(self, inputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Requests of one `batch_key` as one batch: nothing to pad."""
-        return {key: torch.cat([x[key] for x in inputs]) for key in inputs[0]}
+        """Requests waiting together as one batch, questions right-padded (BERT's side) to the longest:
+        `generate` masks the padding in the decoder too, so each row answers as it would alone."""
+        questions = self.tokenizer.pad(
+            {"input_ids": [x["input_ids"][0] for x in inputs], "attention_mask": [x["attention_mask"][0] for x in inputs]},
+            padding_side="right",
+            return_tensors="pt",
+        )
+        return {**self.to_device(questions), "pixel_values": torch.cat([x["pixel_values"] for x in inputs])}
 
     def answer_batch(self, images: list[Image.Image], questions: list[str], generate_kwargs: dict[str, Any]) -> list[str]:
-        """One generate per question length, so no question is padded.
-
-        BLIP's text decoder attends to every position of the encoded question: transformers (5.23)
-        drops the encoder attention mask in `BlipTextAttention`, and the original BLIP passes all ones.
-        A padded question in a batch could then get another answer than the same question asked alone
-        in the chat; questions of equal length need no padding.
-        """
+        """One `BlipForQuestionAnswering.generate` per question length, so no question is padded: its
+        answer decoder attends to a padded question's padding too (see `_question_mask`)."""
         by_length: dict[int, list[int]] = defaultdict(list)
         for i, question in enumerate(questions):
             by_length[len(self.tokenizer(question)["input_ids"])].append(i)
@@ -99,37 +94,42 @@ class BlipAdapter(FamilyAdapter):
         question, times where each question token looked in the image (mean over layers and heads)."""
         model = self.model
         image_embeds = torch.cat(images).to(self.device)  # (B, 1 + N, D)
-        with torch.inference_mode(), _recorded(self._cross_attention("text_encoder") if looked else []) as to_image:
-            question = model.text_encoder(
-                input_ids=inputs["input_ids"],
-                attention_mask=inputs["attention_mask"],
-                encoder_hidden_states=image_embeds,
-                encoder_attention_mask=_ones(image_embeds),
-            ).last_hidden_state  # (B, T, D)
-        maps = torch.stack(to_image).float().mean(dim=(0, 2)) if looked else None  # (layers, B, nh, T, 1 + N) -> (B, T, 1 + N)
-        with torch.inference_mode(), _recorded(self._cross_attention("text_decoder") if looked else []) as to_question:
-            hook = None
-            if looked:
+        encoder, decoder = self._cross_attention("text_encoder"), self._cross_attention("text_decoder")
+        to_image: list[torch.Tensor] = []  # each encoder layer's (B, nh, T, 1 + N)
+        to_question: list[torch.Tensor] = []  # each decoder layer's (B, nh, q, T), step after step
 
-                def report(*_: Any) -> None:
-                    # (layers, B, nh, q, T): the step's last position, over its question -> (B, T)
-                    weights = torch.stack(to_question)[:, :, :, -1].float().mean(dim=(0, 2))
-                    to_question.clear()
-                    looked(torch.einsum("bt,btn->bn", weights, maps))
+        def report(*_: Any) -> None:
+            """After each decoder forward: its last position over the question, (B, T), through the
+            question's looks at the image, (B, T, 1 + N), mean over layers and heads."""
+            weights = torch.stack(to_question)[:, :, :, -1].float().mean(dim=(0, 2))
+            to_question.clear()
+            looked(torch.einsum("bt,btn->bn", weights, maps))
 
-                hook = model.text_decoder.register_forward_hook(report)
-            try:
+        hooks = [core.register_forward_pre_hook(_question_mask, with_kwargs=True) for core in decoder]
+        if looked:
+            hooks += [_keep_weights(core, to_image) for core in encoder]
+            hooks += [_keep_weights(core, to_question) for core in decoder]
+            hooks.append(model.text_decoder.register_forward_hook(report))
+        try:
+            with torch.inference_mode():
+                question = model.text_encoder(
+                    input_ids=inputs["input_ids"],
+                    attention_mask=inputs["attention_mask"],
+                    encoder_hidden_states=image_embeds,
+                    encoder_attention_mask=_ones(image_embeds),
+                ).last_hidden_state  # (B, T, D)
+                maps = torch.stack(to_image).float().mean(dim=(0, 2)) if looked else None  # (B, T, 1 + N)
                 model.text_decoder.generate(
                     input_ids=torch.full((len(question), 1), model.decoder_start_token_id, device=self.device),
                     eos_token_id=model.config.text_config.sep_token_id,
                     pad_token_id=model.config.text_config.pad_token_id,
                     encoder_hidden_states=question,
-                    encoder_attention_mask=_ones(question),
+                    encoder_attention_mask=inputs["attention_mask"],  # a padded question's padding
                     **generate_kwargs,
                 )
-            finally:
-                if hook is not None:
-                    hook.remove()
+        finally:
+            for hook in hooks:
+                hook.remove()
 
     def _cross_attention(self, part: str) -> list[torch.nn.Module]:
         """The cross-attention cores of BLIP's text encoder (question -> image) or decoder (answer -> question)."""
@@ -179,14 +179,19 @@ def _ones(states: torch.Tensor) -> torch.Tensor:
     return torch.ones(states.shape[:-1], dtype=torch.long, device=states.device)
 
 
-@contextmanager
-def _recorded(modules: list[torch.nn.Module]) -> Iterator[list[torch.Tensor]]:
-    """The attention probabilities each of `modules` (BLIP's attention cores return them second)
-    computes while the block runs, in call order."""
-    seen: list[torch.Tensor] = []
-    hooks = [m.register_forward_hook(lambda _m, _args, out: seen.append(out[1])) for m in modules]
-    try:
-        yield seen
-    finally:
-        for hook in hooks:
-            hook.remove()
+def _question_mask(core: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    """A decoder cross-attention core's mask over the question, where the core reads it.
+
+    In transformers 5.23 `BlipTextAttention` hands the question's mask to its core as
+    `attention_mask`, which a cross-attention core ignores (it reads `encoder_attention_mask`), so the
+    answer decoder attends to a padded question's padding too; the original BLIP passes all ones. With
+    the mask where it is read, a padded question gets the answer it gets alone, and questions of any
+    length share a batch."""
+    if kwargs.get("encoder_attention_mask") is None:
+        kwargs["encoder_attention_mask"] = kwargs.get("attention_mask")
+    return args, kwargs
+
+
+def _keep_weights(core: torch.nn.Module, into: list[torch.Tensor]) -> torch.utils.hooks.RemovableHandle:
+    """Append the attention probabilities `core` computes (BLIP's cores return them second) to `into`."""
+    return core.register_forward_hook(lambda _core, _args, out: into.append(out[1]))
