@@ -491,6 +491,45 @@ def test_blip_requests_waiting_together_share_one_generate_and_each_answers_as_a
     engine.close()
 
 
+def test_blip_stop_and_a_failing_request_in_a_shared_generate_reach_only_their_own(loaded, monkeypatch):
+    """In one padded `generate`: Stop ends its row with what it had, the others run on; a batch that
+    fails (here: the longest question "runs out of memory") is answered row by row, and only the
+    request that fails alone sees the error."""
+    adapter = loaded("blip", "none")
+    settings = GenerationSettings(max_new_tokens=6)
+    questions = ["what colour is the square", "is it red", "how many shapes are there in the picture"]
+    images = [picture(64, 64), picture(80, 48), picture(48, 80)]
+    alone = ChatEngine(adapter)
+    expected = [alone.answer(image, q, settings=settings) for image, q in zip(images, questions)]
+    alone.close()
+    too_long = len(adapter.tokenizer(questions[2])["input_ids"])
+    generate = adapter.generate
+
+    def failing(inputs, *args, **kwargs):
+        if inputs["input_ids"].shape[1] >= too_long:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return generate(inputs, *args, **kwargs)
+
+    monkeypatch.setattr(adapter, "generate", failing)
+    engine = ChatEngine(adapter)
+    for stops in ([None, StopAfter(checks=2), None], [None, None, None]):
+        hold = threading.Event()
+        held = threading.Thread(target=engine.scheduler.call, args=(hold.wait,))
+        held.start()
+        replies = [engine.submit(image, q, [], settings, stop_event=stop) for image, q, stop in zip(images, questions, stops)]
+        hold.set()
+        assert replies[0].text() == expected[0]
+        answer = replies[1].text()
+        if stops[1] is not None:
+            assert replies[1].finish_reason == "stopped" and expected[1].startswith(answer)
+        else:
+            assert answer == expected[1]
+        with pytest.raises(RuntimeError, match="out of memory"):
+            replies[2].text()
+        held.join()
+    engine.close()
+
+
 def blip_generated(adapter: FamilyAdapter, image: Image.Image, question: str, max_new_tokens: int) -> str:
     """BLIP's own `generate` alone (ViT, question encoder, answer decoder), the engine's reference."""
     with torch.inference_mode():
