@@ -33,6 +33,10 @@ class MMChatAdapter(FamilyAdapter):
     # weights (22 MB for the shipped model): a lone user's decode step took 7.5-8.3 ms against
     # 10.1-12.5 ms in bf16, and 8 rows' 11.4-12.2 ms against 10.4-14.0 ms (interleaved runs).
     small_forward_positions = 8
+    # One row's prompt (a lone user's turn feeds 9-17 new tokens) runs on the copy up to this many
+    # positions: 9-11 took 5.7-6.8 ms there against 6.7-7.7 in bf16. A wider bound for every forward
+    # (12) made 16 users' batches slower, so it is one row's only (README: "One row's prompt").
+    small_forward_prompt = 16
 
     def __init__(self, model: MMChatForConditionalGeneration, processor: MMChatProcessor):
         super().__init__(model, processor)
@@ -97,7 +101,8 @@ class MMChatAdapter(FamilyAdapter):
         keys/values, and where those positions looked (B, keep, N), mean over fused layers and
         heads, when `record`."""
         model = self.model
-        if self.small_model is not None and input_ids.numel() <= self.small_forward_positions:
+        B, T = input_ids.shape
+        if self.small_model is not None and (B * T <= self.small_forward_positions or (B == 1 and T <= self.small_forward_prompt)):
             model = self.small_model
         if past and past[0][0].dtype != model.dtype:  # the rows' keys/values came from the other copy
             past = [(k.to(model.dtype), v.to(model.dtype)) for k, v in past]
