@@ -188,11 +188,19 @@ class FamilyAdapter:
         answers = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
         return [a.strip() for a in answers]
 
+    def answer_attention(self, inputs: dict[str, torch.Tensor], answer_ids: torch.Tensor) -> torch.Tensor:
+        """(A, N) by a second pass over prompt + answer, for a family that `records_attention`: what
+        the answering pass records, for an answer this engine did not give."""
+        raise NotImplementedError
+
     def attention_grid(
         self, inputs: dict[str, torch.Tensor], answer_ids: torch.Tensor
     ) -> np.ndarray | None:
-        """(h, w) weights over the image patches that the answer attended to, or None."""
-        return None
+        """(h, w) weights over the image patches that the answer attended to, or None: for a family
+        that `records_attention`, the mean of `answer_attention`'s rows on its `weight_grids` layout."""
+        if not self.records_attention or answer_ids.numel() == 0:
+            return None
+        return self.grid_from_weights(self.answer_attention(inputs, answer_ids).mean(0))
 
 
 def stretch(grid: np.ndarray) -> np.ndarray:

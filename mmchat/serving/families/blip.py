@@ -167,12 +167,6 @@ class BlipAdapter(FamilyAdapter):
         side = vision.image_size // vision.patch_size
         return weights[:, 1:].reshape(len(weights), side, side).float().cpu().numpy()
 
-    def attention_grid(self, inputs: dict[str, torch.Tensor], answer_ids: torch.Tensor) -> np.ndarray | None:
-        """Answer → question attention (decoder) composed with question → image attention (encoder)."""
-        if answer_ids.numel() == 0:
-            return None
-        return self.grid_from_weights(self.answer_attention(inputs, answer_ids).mean(0))
-
 
 def _ones(states: torch.Tensor) -> torch.Tensor:
     """An all-ones mask over (B, L, D) states: BLIP attends to every image token and question position."""

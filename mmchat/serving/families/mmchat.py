@@ -140,8 +140,3 @@ class MMChatAdapter(FamilyAdapter):
         n_answer = answer_ids.numel()
         # (layers, B, nh, T, N) -> (A, N)
         return torch.stack(out.cross_attentions)[:, 0, :, -n_answer - 1 : -1].float().mean(dim=(0, 1))
-
-    def attention_grid(self, inputs: dict[str, torch.Tensor], answer_ids: torch.Tensor) -> np.ndarray | None:
-        if answer_ids.numel() == 0:
-            return None
-        return self.grid_from_weights(self.answer_attention(inputs, answer_ids).mean(0))
