@@ -208,8 +208,9 @@ class ChatEngine:
             raise ChatInputError("That question is too long for this model's context; please shorten it.")
         return value, history
 
-    def _fit_history(self, image: Image.Image, question: str, history: list[Turn]) -> dict[str, torch.Tensor]:
-        """Model inputs with as much history as fits the context window, oldest turns dropped first."""
+    def _fit_history(self, image: Image.Image | None, question: str, history: list[Turn]) -> dict[str, torch.Tensor]:
+        """Model inputs with as much history as fits the context window, oldest turns dropped first
+        (`image` None: the text's alone, for a family that `keeps_images`)."""
 
         def length(q: str, h: list[Turn]) -> tuple[dict[str, torch.Tensor], int]:
             inputs = self.adapter.inputs(image, q, h)
@@ -257,7 +258,9 @@ class ChatEngine:
         if self.adapter.batched:
             prompt, inputs = self._fit_prompt(question, history), None
         else:
-            inputs = self._fit_history(image, question, history)
+            # A family that keeps each image's encoding reads the image on the scheduler's thread, once
+            # per image (`encode_images`): its pixels are not processed here at every turn.
+            inputs = self._fit_history(None if self.adapter.keeps_images else image, question, history)
             prompt = inputs["input_ids"][0].tolist()
         request = Request(
             prompt=prompt,

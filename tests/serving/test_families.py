@@ -537,6 +537,14 @@ def blip_generated(adapter: FamilyAdapter, image: Image.Image, question: str, ma
     return adapter.tokenizer.decode(out[0], skip_special_tokens=True).strip()
 
 
+def _counted(fn, calls: list):
+    def run(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+
+    return run
+
+
 @pytest.mark.parametrize("mode", ["none", "nf4"])
 def test_blip_reads_each_image_once_and_records_its_heat_map_while_answering(loaded, mode, monkeypatch):
     adapter = loaded("blip", mode)
@@ -545,11 +553,15 @@ def test_blip_reads_each_image_once_and_records_its_heat_map_while_answering(loa
     expected = [blip_generated(adapter, image, q, 6) for q in asked]
     assert all(expected)
     engine = ChatEngine(adapter)
-    vit = []
+    vit, pixels = [], []
     hook = adapter.model.vision_model.register_forward_hook(lambda *_: vit.append(1))
+    image_processor = adapter.processor.image_processor
+    monkeypatch.setattr(image_processor, "preprocess", _counted(image_processor.preprocess, pixels))
     replies = [engine.submit(image, q, [], settings) for q in asked]
     assert [reply.text() for reply in replies] == expected  # token for token what BLIP's generate gives
     assert len(vit) == 1, "the questions after the first read the kept ViT tokens"
+    assert len(pixels) == 1, "the image's pixels are processed once, for the ViT, not at every question"
+    monkeypatch.undo()
     engine.answer(picture(80, 48), asked[0], settings=settings)
     assert len(vit) == 2  # another image is read
     engine.release(image)

@@ -82,8 +82,9 @@ class FamilyAdapter:
     def max_context_tokens(self) -> int | None:
         return None
 
-    def inputs(self, image: Image.Image, question: str, history: list[Turn]) -> dict[str, torch.Tensor]:
-        """Model inputs for answering `question` about `image` after `history`."""
+    def inputs(self, image: Image.Image | None, question: str, history: list[Turn]) -> dict[str, torch.Tensor]:
+        """Model inputs for answering `question` about `image` after `history`; a family that
+        `keeps_images` is also asked with `image` None, for the text's inputs alone."""
         raise NotImplementedError
 
     def generate_kwargs(self) -> dict[str, Any]:

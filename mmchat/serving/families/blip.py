@@ -41,10 +41,13 @@ class BlipAdapter(FamilyAdapter):
     def max_context_tokens(self) -> int | None:
         return getattr(self.model.config.text_config, "max_position_embeddings", None)
 
-    def inputs(self, image: Image.Image, question: str, history: list[Turn]) -> dict[str, torch.Tensor]:
+    def inputs(self, image: Image.Image | None, question: str, history: list[Turn]) -> dict[str, torch.Tensor]:
+        """The question's tokens and, given an image, its pixels (`image` None: the engine's scheduler
+        answers from the image's kept ViT tokens, `encode_images`, so the pixels would go unused)."""
         # `history` is ignored: the engine passes none, as `multi_turn` is False.
-        batch = self.processor(images=image, text=question, return_tensors="pt")
-        return self.to_device(batch)
+        if image is None:
+            return self.to_device(self.processor.tokenizer(question, return_tensors="pt"))
+        return self.to_device(self.processor(images=image, text=question, return_tensors="pt"))
 
     def collate(self, inputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Requests waiting together as one batch, questions right-padded (BERT's side) to the longest:
@@ -54,6 +57,8 @@ class BlipAdapter(FamilyAdapter):
             padding_side="right",
             return_tensors="pt",
         )
+        if any("pixel_values" not in x for x in inputs):  # answered from the kept ViT tokens
+            return self.to_device(questions)
         return {**self.to_device(questions), "pixel_values": torch.cat([x["pixel_values"] for x in inputs])}
 
     def answer_batch(self, images: list[Image.Image], questions: list[str], generate_kwargs: dict[str, Any]) -> list[str]:
