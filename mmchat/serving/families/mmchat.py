@@ -13,6 +13,7 @@ from PIL import Image
 from ...modeling.fusion import CrossAttentionCache
 from ...modeling.modeling_mmchat import MMChatForConditionalGeneration
 from ...modeling.processing_mmchat import MMChatProcessor
+from ..row_buckets import pad_linear_rows
 from .base import KV, FamilyAdapter, Turn, from_cache, to_cache
 
 
@@ -43,6 +44,8 @@ class MMChatAdapter(FamilyAdapter):
         bf16_on_cpu = model.device.type == "cpu" and model.dtype == torch.bfloat16
         unquantized = getattr(model, "hf_quantizer", None) is None
         self.small_model = copy.deepcopy(model).float() if bf16_on_cpu and unquantized else None
+        if bf16_on_cpu and unquantized:  # oneDNN builds a bf16 kernel per row count: a few, built now
+            pad_linear_rows(model)
 
     def max_context_tokens(self) -> int | None:
         return getattr(self.model.config.text_config, "max_position_embeddings", None)
