@@ -6,9 +6,9 @@ first call of a bf16 256 -> 512 layer with a row count it had not met took 1.0-1
 0.07-0.18 ms. A serving forward's rows (batch rows x new tokens, or images x patches) take hundreds
 of values, and each forward runs about ten layer shapes, so a forward of a new size paid 10-15 ms
 more. Padding the rows up to one of a few sizes (multiples of 16 up to 256, then eight sizes per
-doubling: above 128 rows at most an eighth more), and building every size once when the model loads takes that
-cost out of serving: GPU engines pad a batch to the sizes they captured CUDA graphs for in the same
-way. Each output row depends on its own input row alone, so the padding rows are dropped unread.
+doubling: above 128 rows at most an eighth more), and building every size once when the model
+loads, takes that cost out of serving, as GPU engines pad a batch to the sizes they captured CUDA
+graphs for. Each output row depends on its own input row alone, so the padding rows are dropped.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from torch import nn
 
 
 def bucket(rows: int) -> int:
-    """The padded row count: a multiple of 16, and above 128 of a sixteenth of the power of two above."""
+    """The padded row count: a multiple of 16, and from 256 rows of a sixteenth of the power of two
+    above them (eight sizes per doubling)."""
     step = max(16, 1 << max(0, rows.bit_length() - 4))
     return -(-rows // step) * step
 

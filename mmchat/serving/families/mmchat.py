@@ -43,9 +43,10 @@ class MMChatAdapter(FamilyAdapter):
         super().__init__(model, processor)
         bf16_on_cpu = model.device.type == "cpu" and model.dtype == torch.bfloat16
         unquantized = getattr(model, "hf_quantizer", None) is None
-        self.small_model = copy.deepcopy(model).float() if bf16_on_cpu and unquantized else None
-        if bf16_on_cpu and unquantized:  # oneDNN builds a bf16 kernel per row count: a few, built now
-            pad_linear_rows(model)
+        self.small_model = None
+        if bf16_on_cpu and unquantized:
+            self.small_model = copy.deepcopy(model).float()
+            pad_linear_rows(model)  # oneDNN builds a bf16 kernel per row count: a few, all built now
 
     def max_context_tokens(self) -> int | None:
         return getattr(self.model.config.text_config, "max_position_embeddings", None)
