@@ -51,15 +51,14 @@ class BlipAdapter(FamilyAdapter):
 
     def collate(self, inputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Requests waiting together as one batch, questions right-padded (BERT's side) to the longest:
-        `generate` masks the padding in the decoder too, so each row answers as it would alone."""
+        `generate` masks the padding in the decoder too, so each row answers as it would alone. The
+        questions alone: the images come from their kept ViT tokens (`keeps_images`)."""
         questions = self.tokenizer.pad(
             {"input_ids": [x["input_ids"][0] for x in inputs], "attention_mask": [x["attention_mask"][0] for x in inputs]},
             padding_side="right",
             return_tensors="pt",
         )
-        if any("pixel_values" not in x for x in inputs):  # answered from the kept ViT tokens
-            return self.to_device(questions)
-        return {**self.to_device(questions), "pixel_values": torch.cat([x["pixel_values"] for x in inputs])}
+        return self.to_device(questions)
 
     def answer_batch(self, images: list[Image.Image], questions: list[str], generate_kwargs: dict[str, Any]) -> list[str]:
         """One `BlipForQuestionAnswering.generate` per question length, so no question is padded: its
