@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help="weights' precision; auto: as the app picks it (bf16 on a GPU or an AMX CPU)")
     parser.add_argument("--draft-tokens", type=int, default=4,
                         help="speculative draft tokens a row, as the app (mmchat.serving.drafts); 0: plain decoding")
+    parser.add_argument("--no-second-look", action="store_true",
+                        help="leave out the checkpoint's second look (second_look.json), to measure what it adds")
     parser.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
     parser.add_argument("--blind", action="store_true", help="blank every image: the question-only baseline")
     parser.add_argument("--results-json", help="also write the scores and what they measured here (for `mmchat card`)")
@@ -118,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     examples = examples[: args.limit] if args.limit else examples
+    if args.no_second_look:
+        engine.adapter.second_look = None
     try:
         predictions = predict(engine, examples, args.batch_size, args.max_new_tokens, blind=args.blind)
     except ServingError as e:  # a model server that is down or refuses
@@ -132,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         scores = score_predictions(predictions, examples)
         print(format_scores(scores))
         print(format_v2_scores(v2_scores(predictions, examples)))
+        if engine.adapter.second_look is not None:
+            looks = engine.scheduler.second_looks if engine.scheduler is not None else 0
+            print(f"second look (shifted views): {looks} of {len(predictions)} questions asked again")
         if args.results_json:
             Path(args.results_json).write_text(json.dumps(results_record(scores, args, engine), indent=2) + "\n")
     else:

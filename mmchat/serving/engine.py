@@ -269,6 +269,7 @@ class ChatEngine:
             settings=settings,
             inputs=inputs,
             cancel=stop_event or threading.Event(),
+            second_look=self.adapter.second_look is not None and self.adapter.second_look.applies(question),
         )
         return Reply(self, self.scheduler.submit(request), lookup=_lookup(key, question, history))
 

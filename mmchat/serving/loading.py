@@ -18,6 +18,7 @@ from transformers import AutoConfig, BitsAndBytesConfig
 
 from .families import FAMILIES, REMOTE_FAMILIES, FamilyAdapter  # importing them registers mmchat with the Auto classes
 from .gate import WorldGate
+from .second_look import SecondLook
 
 Quantization = Literal["auto", "nf4", "int8", "none"]
 QUANTIZATIONS = ("auto", "nf4", "int8", "none")
@@ -134,4 +135,6 @@ def load_model(
     adapter.dtype_name = str(torch_dtype).removeprefix("torch.")
     # A world-bound checkpoint says what it declines (`world_gate.json`, mmchat.serving.gate).
     adapter.world_gate = WorldGate.from_pretrained(source)
+    # And which questions it asks again of shifted views when unsure (`second_look.json`).
+    adapter.second_look = SecondLook.from_pretrained(source)
     return adapter

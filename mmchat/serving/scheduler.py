@@ -11,6 +11,9 @@ batch answers exactly what each request alone would (in fp32; in bf16 the roundi
 batch's shape, as on any GPU). Tokens go to each request's own queue as they are chosen. A greedy
 row's decode step also feeds the tokens likely to follow its own (`drafts.py`: from the answers
 given before) and keeps those the model chooses too, so one step may give a row several tokens.
+Where a checkpoint carries a second look (`second_look.py`), a newcomer of its question families
+whose first token the prefill chose unsure has it chosen again, in one more forward, over views of
+its image shifted a few pixels.
 
 mmchat and Llama 3.2 Vision run step by step (`adapter.batched`). BLIP cannot (`adapter.batched`
 False): it is answered on the same thread with its own `generate`, the requests waiting at that
@@ -43,6 +46,7 @@ from transformers.generation.streamers import BaseStreamer
 from .cache import LRUBytes, PrefixCache
 from .drafts import AnswerNgrams
 from .families.base import KV
+from .second_look import mean_log_probs
 from .settings import GenerationSettings
 from .slots import ImageSlots
 
@@ -73,6 +77,8 @@ class Request:
     tokens: list[int] = field(default_factory=list)
     # (N,) cross-attention weights, mean over fused layers and heads, of the position that chose each token
     attention: list[torch.Tensor] = field(default_factory=list)
+    # Its first token, if chosen unsure, is chosen again over shifted views (`second_look.py`).
+    second_look: bool = False
 
     def emit(self, token: int) -> None:
         self.tokens.append(token)
@@ -147,6 +153,7 @@ class Scheduler:
         self._batch: _Batch | None = None
         self._lock = threading.Lock()  # inline: one caller runs a round at a time
         self.steps = self.prefills = self.mixed_steps = self.split_steps = 0
+        self.second_looks = 0  # first tokens chosen again over shifted views (`second_look.py`)
         # Speculative decoding (`drafts.py`): up to `draft_tokens` drafted tokens a greedy row; 0: none.
         self.drafts = AnswerNgrams() if draft_tokens > 0 else None
         self.max_draft = draft_tokens
@@ -414,7 +421,10 @@ class Scheduler:
         logits, past, weights = self.adapter.step(ids, mask, pos, past, images, self.record_attention)
         self.cost.add(B * S, time.perf_counter() - start)
         rows = (running.rows if running else []) + list(requests)
-        chosen = [[token] for token in choose_tokens(logits[:, -1], rows).tolist()]
+        last = logits[:, -1]
+        if any(r.second_look for r in requests):
+            last = self._look_again(last, rows)
+        chosen = [[token] for token in choose_tokens(last, rows).tolist()]
         batch = _Batch(
             rows=rows,
             past=past,
@@ -424,6 +434,36 @@ class Scheduler:
             next_tokens=torch.zeros(B, dtype=torch.long, device=device),
         )
         return self._advance(batch, chosen, weights)
+
+    def _look_again(self, last: torch.Tensor, rows: list[Request]) -> torch.Tensor:
+        """(B, V) first-token logits -> the same, where a `second_look` row was unsure replaced by
+        the mean log-probability over its image and the rule's views of it (one more forward for
+        all such rows, from no cache: their cached keys/values are of the image as it was)."""
+        rule = self.adapter.second_look
+        probs = last.float().softmax(dim=-1).amax(dim=-1)
+        unsure = [i for i, r in enumerate(rows) if r.second_look and not r.tokens and float(probs[i]) < rule.below]
+        if not unsure:
+            return last
+        self.second_looks += len(unsure)
+        views = [rule.views(rows[i].image, self.adapter.input_size()) for i in unsure]
+        prompts = [rows[i].prompt for i, v in zip(unsure, views) for _ in v]
+        device = self.adapter.device
+        B, S = len(prompts), max(len(p) for p in prompts)
+        ids = torch.full((B, S), self.pad, dtype=torch.long, device=device)
+        pos = torch.zeros((B, S), dtype=torch.long, device=device)
+        mask = torch.zeros((B, S), dtype=torch.long, device=device)
+        for j, prompt in enumerate(prompts):  # right-aligned, as in `_prefill`
+            ids[j, S - len(prompt) :] = torch.tensor(prompt)
+            pos[j, S - len(prompt) :] = torch.arange(len(prompt))
+            mask[j, S - len(prompt) :] = 1
+        images = self.adapter.stack_images(self.adapter.encode_images([v for vs in views for v in vs]))
+        seen, _, _ = self.adapter.step(ids, mask, pos, None, images, record=False)
+        last = last.float().clone()
+        start = 0
+        for i, vs in zip(unsure, views):
+            last[i] = mean_log_probs(torch.cat([last[i : i + 1], seen[start : start + len(vs), -1].float()]))
+            start += len(vs)
+        return last
 
     def _decode(self, batch: _Batch) -> _Batch | None:
         """One step: each row feeds its next token and, a greedy row, its draft (`drafts.py`) after it;

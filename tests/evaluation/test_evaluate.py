@@ -44,3 +44,23 @@ def test_missing_model_is_a_clear_error(shapes_dir, tmp_path, capsys):
     code = main(["--model", str(tmp_path / "none"), "--data", str(shapes_dir), "--predictions", str(tmp_path / "p.json")])
     assert code == 2
     assert "config.json or a hub id" in capsys.readouterr().err
+
+
+def test_the_second_look_is_counted_and_can_be_left_out(tiny_checkpoint, shapes_dir, tmp_path, capsys):
+    """A checkpoint with `second_look.json` is scored as the app answers, through it; the CLI says how
+    many questions it asked again, and `--no-second-look` measures the model without it."""
+    import shutil
+
+    from mmchat.serving.second_look import SecondLook
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, model)
+    SecondLook(("count",), 1.01, 4).save(model)  # over 1: every count question is asked again
+    annotations = json.loads((shapes_dir / "annotations.json").read_text())["annotations"]
+    counts = sum(a["question_type"] == "count" for a in annotations)
+    assert counts > 0
+    common = ["--model", str(model), "--data", str(shapes_dir), "--device", "cpu", "--dtype", "float32"]
+    assert main([*common, "--predictions", str(tmp_path / "a.json")]) == 0
+    assert f"second look (shifted views): {counts} of {len(annotations)} questions asked again" in capsys.readouterr().out
+    assert main([*common, "--predictions", str(tmp_path / "b.json"), "--no-second-look"]) == 0
+    assert "second look" not in capsys.readouterr().out

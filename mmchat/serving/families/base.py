@@ -66,6 +66,8 @@ class FamilyAdapter:
     model_class: ClassVar[Any]
     processor_class: ClassVar[Any]
     world_gate: Any = None  # the checkpoint's `mmchat.serving.gate.WorldGate`, set by the loader if it has one
+    # The checkpoint's `mmchat.serving.second_look.SecondLook`, set by the loader if it has one.
+    second_look: Any = None
 
     def __init__(self, model: torch.nn.Module, processor: Any):
         self.model = model
@@ -81,6 +83,11 @@ class FamilyAdapter:
 
     def max_context_tokens(self) -> int | None:
         return None
+
+    def input_size(self) -> tuple[int, int]:
+        """(width, height) of the pixels the model reads, as its image processor resizes to."""
+        size = self.processor.image_processor.size
+        return int(size["width"]), int(size["height"])
 
     def inputs(self, image: Image.Image | None, question: str, history: list[Turn]) -> dict[str, torch.Tensor]:
         """Model inputs for answering `question` about `image` after `history`; a family that

@@ -1,0 +1,100 @@
+"""The second look: an unsure count is chosen again over shifted views of the picture, through the
+same engine the app and the evaluation CLI use; sure answers and other families are not."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from test_scheduler import picture  # tests/serving is on pytest's sys.path
+
+from mmchat.serving.engine import ChatEngine, GenerationSettings
+from mmchat.serving.second_look import LOOK_FILE, SecondLook
+
+COUNT = "How many objects are there?"
+ONE_TOKEN = GenerationSettings(max_new_tokens=1)
+
+
+def engine_with(tiny_checkpoint: str, tmp_path, rule: SecondLook | None) -> ChatEngine:
+    path = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, path)
+    if rule is not None:
+        rule.save(path)
+    # fp32: the tokens are compared with a hand-run forward's.
+    return ChatEngine.from_pretrained(path, device="cpu", dtype="float32")
+
+
+def log_probs_by_hand(engine: ChatEngine, images: list, question: str) -> torch.Tensor:
+    """(vocab,) the mean log-probability of the first answer token over `images`, one forward each."""
+    adapter = engine.adapter
+    rows = []
+    with torch.inference_mode():
+        for image in images:
+            logits = adapter.model(**adapter.inputs(image, question, [])).logits[0, -1]
+            rows.append(logits.float().log_softmax(-1))
+    return torch.stack(rows).mean(0)
+
+
+def first_token_by_hand(engine: ChatEngine, images: list, question: str) -> int:
+    return int(log_probs_by_hand(engine, images, question).argmax())
+
+
+def test_the_loader_reads_the_rule_beside_the_weights(tiny_checkpoint, tmp_path) -> None:
+    rule = SecondLook(("count",), 0.9, 4)
+    engine = engine_with(tiny_checkpoint, tmp_path, rule)
+    assert (tmp_path / "model" / LOOK_FILE).exists()
+    assert engine.adapter.second_look == rule
+    engine.close()
+    assert ChatEngine.from_pretrained(tiny_checkpoint, device="cpu").adapter.second_look is None
+
+
+def test_views_border_the_picture_with_its_background(shapes_image) -> None:
+    views = SecondLook(("count",), 0.9, 4).views(shapes_image, (96, 96))
+    original = np.asarray(shapes_image)
+    # 4 of the model's 96 px is 3 of this picture's 64: top-left, bottom-right, top-right, bottom-left.
+    for view, (x, y) in zip(views, [(3, 3), (0, 0), (0, 3), (3, 0)]):
+        a = np.asarray(view)
+        assert a.shape == (67, 67, 3)
+        assert np.array_equal(a[y : y + 64, x : x + 64], original)
+        border = np.ones((67, 67), bool)
+        border[y : y + 64, x : x + 64] = False
+        assert (a[border] == 200).all()  # the picture's grey ground, not black
+
+
+def test_an_unsure_count_is_chosen_over_five_views(tiny_checkpoint, tmp_path) -> None:
+    """With `below` over 1 every count is unsure: each first token is chosen from the mean
+    log-probability over the picture and its four views, as a hand-run forward per view gives, which
+    is not what the picture alone gives (so the views did weigh in)."""
+    rule = SecondLook(("count",), 1.01, 4)
+    engine = engine_with(tiny_checkpoint, tmp_path, rule)
+    chosen_from = []
+    look_again = engine.scheduler._look_again
+    engine.scheduler._look_again = lambda last, rows: chosen_from.append(look_again(last, rows)) or chosen_from[-1]
+    images = [picture(i) for i in range(4)]
+    replies = [engine.submit(image, COUNT, [], ONE_TOKEN) for image in images]
+    got = [reply.text() and reply.tokens[0] for reply in replies]
+    assert engine.scheduler.second_looks == len(images)
+    chosen = torch.cat(chosen_from)  # (4, vocab): the rows of one prefill or of a few
+    size = engine.adapter.input_size()
+    looked = torch.stack([log_probs_by_hand(engine, [image] + rule.views(image, size), COUNT) for image in images])
+    alone = torch.stack([log_probs_by_hand(engine, [image], COUNT) for image in images])
+    assert torch.allclose(chosen.log_softmax(-1), looked, atol=1e-4)
+    assert not torch.allclose(looked, alone, atol=1e-3)
+    assert got == looked.argmax(-1).tolist()
+    engine.close()
+
+
+@pytest.mark.parametrize("below, question", [(0.0, COUNT), (1.01, "What color is the square?")], ids=["sure", "colour"])
+def test_a_sure_answer_or_another_family_is_not_asked_again(tiny_checkpoint, tmp_path, below, question) -> None:
+    engine = engine_with(tiny_checkpoint, tmp_path, SecondLook(("count",), below, 4))
+    encoded = []
+    encode = engine.adapter.encode_images
+    engine.adapter.encode_images = lambda images: encoded.append(len(images)) or encode(images)
+    image = picture(3)
+    reply = engine.submit(image, question, [], ONE_TOKEN)
+    reply.text()
+    assert reply.tokens[0] == first_token_by_hand(engine, [image], question)
+    assert engine.scheduler.second_looks == 0 and encoded == [1]
+    engine.close()
