@@ -9,11 +9,11 @@ each the picture with a border of its own background `shift` model-input pixels 
 (top and left, bottom and right, top and right, bottom and left). The patch grid then falls across
 the objects four other ways; the token is chosen from the mean of the five views' log-probabilities.
 
-Why: the shipped model's wrong counts are mostly too few, in scenes of 4-6 objects with two of them
-a few pixels apart at its 96 px, where which patches an object falls in decides whether it is seen.
-On two diagnostic sets of the independent renderer (models/mmchat-shapes/README.md) this took the
-wrong counts from 24 to 15 of 1,500 at 96 px and from 14 to 8 at 224 px, asking again for 14 % and
-9 % of the count questions (asking all of them again: 14 and 9 wrong, asking seven and eleven times as often).
+Why: many of the shipped model's wrong answers turn on where an object falls on the patch grid:
+counts too few in scenes of 4-6 objects with two of them a few pixels apart at its 96 px, a small
+object's colour or shape misread. On diagnostic sets of the independent renderer
+(models/mmchat-shapes/README.md), asking again the questions it was unsure of (1-15 % of each
+family's) took its wrong answers from 15 to 6 of 3,000 at 224 px and from 16 to 8 of 2,100 at 96 px.
 """
 
 from __future__ import annotations
