@@ -440,6 +440,8 @@ class Scheduler:
         the mean log-probability over its image and the rule's views of it (one more forward for
         all such rows, from no cache: their cached keys/values are of the image as it was)."""
         rule = self.adapter.second_look
+        if rule is None:  # cleared after the request was queued
+            return last
         probs = last.float().softmax(dim=-1).amax(dim=-1)
         unsure = [i for i, r in enumerate(rows) if r.second_look and not r.tokens and float(probs[i]) < rule.below]
         if not unsure:
