@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.phrasing import parse
+from .checkpoint_files import read_beside
 from .families import Turn
 
 GATE_FILE = "world_gate.json"
@@ -134,11 +135,8 @@ class WorldGate:
     @classmethod
     def from_pretrained(cls, source: str | Path) -> WorldGate | None:
         """The gate saved beside a checkpoint (a folder, or a hub repo's file), or None if it has none."""
-        from transformers.utils import cached_file
-
-        path = cached_file(str(source), GATE_FILE, _raise_exceptions_for_missing_entries=False,
-                           _raise_exceptions_for_connection_errors=False)
-        return None if path is None else cls(json.loads(Path(path).read_text()))
+        config = read_beside(source, GATE_FILE)
+        return None if config is None else cls(config)
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / GATE_FILE

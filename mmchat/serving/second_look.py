@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..data.phrasing import parse
+from .checkpoint_files import read_beside
 
 LOOK_FILE = "second_look.json"
 # Where each view's border goes: (left, top, right, bottom), in units of `shift`.
@@ -42,14 +43,8 @@ class SecondLook:
     @classmethod
     def from_pretrained(cls, source: str | Path) -> SecondLook | None:
         """The rule saved beside a checkpoint (a folder, or a hub repo's file), or None if it has none."""
-        from transformers.utils import cached_file
-
-        path = cached_file(str(source), LOOK_FILE, _raise_exceptions_for_missing_entries=False,
-                           _raise_exceptions_for_connection_errors=False)
-        if path is None:
-            return None
-        config = json.loads(Path(path).read_text())
-        return cls(tuple(config["families"]), float(config["below"]), int(config["shift"]))
+        config = read_beside(source, LOOK_FILE)
+        return None if config is None else cls(tuple(config["families"]), float(config["below"]), int(config["shift"]))
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / LOOK_FILE
