@@ -13,6 +13,7 @@ are passed on as they are (lower case, with "?"), the form the model was trained
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import unicodedata
@@ -128,6 +129,9 @@ def _slot_text(text: str) -> str:
     return re.sub(r"\bshapes\b", "objects", re.sub(r"\bshape\b", "object", text))
 
 
+# Remembered: the serving engine parses each question on every turn (the world gate), again as the
+# model is asked it (the second look) and every earlier turn of the history; 9-17 us a parse.
+@functools.lru_cache(maxsize=4096)
 def parse(question: str, easy_vqa: bool = True) -> Parsed | None:
     """The family and v1 template of a question in any of the world's forms; None if it fits none.
 

@@ -447,7 +447,8 @@ class Scheduler:
         if not unsure:
             return last
         self.second_looks += len(unsure)
-        views = [rule.views(rows[i].image, self.adapter.input_size()) for i in unsure]
+        size = self.adapter.input_size()
+        views = [rule.views(rows[i].image, size) for i in unsure]
         prompts = [rows[i].prompt for i, v in zip(unsure, views) for _ in v]
         device = self.adapter.device
         B, S = len(prompts), max(len(p) for p in prompts)
