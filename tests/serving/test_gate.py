@@ -76,6 +76,33 @@ def test_features_see_touching_colours_and_marks_inside(shapes_image) -> None:
     assert image_features(Image.fromarray(face))[texture] > 0.03
 
 
+# The features of three images as the shipped gate was trained on them (the per-pixel form of
+# `image_features` before it was rewritten plane by plane for speed): its weights and threshold
+# hold only while these stay the same to the last bit.
+TRAINED_FEATURES = {
+    "shapes": [0.7843137383460999, 0.0, 0.863037109375, 1.0, 0.0, 0.136962890625, 0.0, 0.0, 0.03173828125,
+               0.23172906041145325, 0.046875, 0.0, 0.0, 0.296875, 0.0, 0.0],
+    "noise": [0.4941176474094391, 0.007843137718737125, 0.04736328125, 0.05040322616696358, 0.41199150681495667,
+              0.450927734375, 0.501708984375, 0.526652991771698, 0.5771484375, 0.605843186378479, 0.953125, 0.0,
+              0.791556715965271, 1.0, 0.5208446383476257, 1.0],
+    "mixed": [0.8941176533699036, 0.01568627543747425, 0.66650390625, 1.0, 0.015491419471800327, 0.251953125,
+              0.08154296875, 0.2445095181465149, 0.13330078125, 0.399707168340683, 0.1875, 0.4855078160762787,
+              0.25231480598449707, 0.84375, 0.21317829191684723, 0.4922737181186676],
+}
+
+
+def test_features_are_the_ones_the_gate_was_trained_on(shapes_image, noise_image) -> None:
+    # A wide picture on a striped background (its median falls between two levels), two world
+    # colours touching, and a band of noise.
+    b = np.empty((80, 130, 3), np.uint8)
+    b[...] = (230, 231, 228)
+    b[::2, :, 1] = 232
+    b[20:50, 30:60], b[20:50, 60:90] = (40, 170, 60), (140, 60, 180)
+    b[55:70, 10:120] = np.random.default_rng(1).integers(0, 256, (15, 110, 3))
+    images = {"shapes": shapes_image, "noise": noise_image, "mixed": Image.fromarray(b)}
+    assert {name: image_features(image).tolist() for name, image in images.items()} == TRAINED_FEATURES
+
+
 def test_out_of_world_images_and_questions_are_declined(engine, shapes_image, noise_image) -> None:
     assert engine.answer(noise_image, "How many objects are there?", settings=SHORT) == UNANSWERABLE
     for question in ("hello", "What animal is this?", "Write a poem.", "How many cats are there?"):
