@@ -131,7 +131,7 @@ class MllamaAdapter(FamilyAdapter):
             torch.nn.functional.pad(tiles, (0, most - tiles.shape[1])),
             {i: (padded(layers[i].keys), padded(layers[i].values)) for i in self._cross_layers()},
         )
-        return [self.select_images(state, torch.tensor([i])) for i in range(n)]
+        return self.split_images(state)
 
     def step(
         self,

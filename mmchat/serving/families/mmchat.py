@@ -89,7 +89,7 @@ class MMChatAdapter(FamilyAdapter):
                 if hasattr(layer, "cross_attn"):
                     k, v = cache.get(layer.layer_idx, layer.cross_attn.project_kv)
                     cache.key_values[layer.layer_idx] = (packed(k), packed(v))
-        return [self.select_images(cache, torch.tensor([i])) for i in range(len(images))]
+        return self.split_images(cache)
 
     def step(
         self,
