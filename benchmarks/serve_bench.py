@@ -227,7 +227,7 @@ def run_users(
     return summarize(records, wall, peak)
 
 
-def summarize(records: list[dict[str, Any]], wall: float, peak: Peak) -> dict[str, Any]:
+def summarize(records: list[dict[str, Any]], wall: float, peak: Peak | None) -> dict[str, Any]:
     lat = sorted(r["latency"] for r in records)
     first = [r["latency"] for r in records if r["turn"] == 0]
     follow = [r["latency"] for r in records if r["turn"] > 0]
@@ -244,9 +244,8 @@ def summarize(records: list[dict[str, Any]], wall: float, peak: Peak) -> dict[st
         "first": statistics.median(first),
         "follow": statistics.median(follow) if follow else None,
         "heat": statistics.median(heat) if heat else None,
-        "peak": peak,
-        "rss_mib": peak.rss / 2**20,
-        "gpu_mib": peak.gpu / 2**20 if peak.gpu is not None else None,
+        "rss_mib": peak.rss / 2**20 if peak else None,
+        "gpu_mib": peak.gpu / 2**20 if peak and peak.gpu is not None else None,
         "records": records,
     }
 
@@ -258,17 +257,14 @@ def measured(run: Callable[[int], dict[str, Any]], repeats: int) -> dict[str, An
     answers in under a second; on this shared CPU one such run read anywhere from 55 to 105 answers/s."""
     run(-1)
     runs = [run(k) for k in range(repeats)]
-    records = [r for k, one in enumerate(runs) for r in one["records"] for r in [{**r, "run": k}]]
+    records = [{**record, "run": k} for k, one in enumerate(runs) for record in one["records"]]
     rates = sorted(one["answers_s"] for one in runs)
-    pooled = summarize(records, 1.0, runs[0]["peak"])
     return {
-        **pooled,
+        **summarize(records, 1.0, None),
         "answers_s": statistics.median(rates),
         "rates": rates,
         "rss_mib": max(one["rss_mib"] for one in runs),
         "gpu_mib": max((one["gpu_mib"] for one in runs if one["gpu_mib"] is not None), default=None),
-        "records": records,
-        "wall_s": sum(one["answers"] / one["answers_s"] for one in runs),
     }
 
 
@@ -746,7 +742,6 @@ def main(argv: list[str] | None = None) -> int:
         for group in results.values():
             for r in group.values():
                 r.pop("records", None)
-                r.pop("peak", None)
         Path(args.json).write_text(json.dumps({**results, "heat_map_cost": heat_costs, "describe_drafts": drafts}, indent=1))
     return 0
 
