@@ -54,11 +54,13 @@ def image_features(image: Image.Image) -> np.ndarray:
     now about 1 ms). Pixels are whole numbers, so every sum of squares below is exact in float32 and
     the features are the same, bit for bit, as the per-pixel form the gate was trained on."""
     w, h = image.size
-    a = np.asarray(image.convert("RGB").resize((_SIDE, _SIDE), Image.BOX), dtype=np.float32)  # (64, 64, 3)
+    rgb = image if image.mode == "RGB" else image.convert("RGB")  # convert would copy an RGB image
+    pixels = np.asarray(rgb.resize((_SIDE, _SIDE), Image.BOX))  # (64, 64, 3) uint8
+    a = pixels.astype(np.float32)
     planes = np.ascontiguousarray(a.transpose(2, 0, 1))  # (3, 64, 64)
     ring = np.ones((_SIDE, _SIDE), bool)
     ring[2:-2, 2:-2] = False
-    background = np.median(planes[:, ring], axis=1)  # a scene's objects never cover its border for long
+    background = _median(planes[:, ring])  # a scene's objects never cover its border for long
     c = planes - background[:, None, None]
     dist = np.sqrt(c[0] * c[0] + c[1] * c[1] + c[2] * c[2])
     near_bg = dist < 30
@@ -75,8 +77,8 @@ def image_features(image: Image.Image) -> np.ndarray:
     edges = np.zeros_like(grey, dtype=bool)
     edges[:, 1:] |= np.abs(np.diff(grey, axis=1)) > 40
     edges[1:, :] |= np.abs(np.diff(grey, axis=0)) > 40
-    levels = (planes // 64).astype(np.int64)
-    bins = np.bincount((levels[0] * 16 + levels[1] * 4 + levels[2]).ravel(), minlength=64)
+    levels = pixels >> 6  # (64, 64, 3): a // 64 on the whole numbers, without float division
+    bins = np.bincount((levels[..., 0] * 16 + levels[..., 1] * 4 + levels[..., 2]).ravel(), minlength=64)
     fg_share = fg.mean()
     # Text and chart axes are thin and dark: most of their dark pixels touch an edge; easy-vqa's
     # black shapes are solid. A row or column mostly foreground is an axis or a bar, not a scene.
@@ -116,6 +118,15 @@ def image_features(image: Image.Image) -> np.ndarray:
         ],
         dtype=np.float32,
     )
+
+
+def _median(rows: np.ndarray) -> np.ndarray:
+    """`np.median(rows, axis=1)`, the same values without its generic machinery (0.17 ms of the
+    features' time): each row's middle value, or the mean of its two middle values."""
+    mid = rows.shape[1] // 2
+    if rows.shape[1] % 2:
+        return np.partition(rows, mid, axis=1)[:, mid]
+    return np.partition(rows, (mid - 1, mid), axis=1)[:, mid - 1 : mid + 1].mean(axis=1)
 
 
 def _neighbours(mask: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
