@@ -39,7 +39,7 @@ def test_a_padded_layer_gives_each_row_its_own_output():
 
 def test_a_bf16_model_on_a_cpu_pads_and_answers_as_it_did(tiny_checkpoint, shapes_image, monkeypatch):
     """The shipped model gave the same answers to 1,000 fresh v1 questions and 200 descriptions with
-    its rows padded as without (README: "Padded rows"); here the tiny one, alone and in a batch."""
+    its rows padded as without (docs/serving-measurements.md: "Padded rows"); here the tiny one, alone and in a batch."""
     settings = GenerationSettings(max_new_tokens=6)
     asked = [("What color is the square?", []), ("How many objects are there?", [Turn("Is there a red square?", "yes")])]
 

@@ -36,7 +36,7 @@ class MMChatAdapter(FamilyAdapter):
     small_forward_positions = 8
     # One row's prompt (a lone user's turn feeds 9-17 new tokens) runs on the copy up to this many
     # positions: 9-11 took 5.7-6.8 ms there against 6.7-7.7 in bf16. A wider bound for every forward
-    # (12) made 16 users' batches slower, so it is one row's only (README: "One row's prompt").
+    # (12) made 16 users' batches slower, so it is one row's only (docs/serving-measurements.md: "One row's prompt").
     small_forward_prompt = 16
 
     def __init__(self, model: MMChatForConditionalGeneration, processor: MMChatProcessor):
