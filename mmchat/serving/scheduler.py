@@ -198,7 +198,8 @@ class Scheduler:
 
     def release(self, image_keys: list[str]) -> None:
         """Forget what is cached for these images (a conversation cleared or moved to another image)."""
-        self.images.pop_where(lambda key: key not in set(image_keys))
+        released = set(image_keys)
+        self.images.pop_where(lambda key: key not in released)
         self.prefixes.release(image_keys)
 
     # ---- the scheduler thread ----
