@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import spaces  # noqa: F401
     # Imported here so that `--help` and bad flags answer at once, without loading torch.
     from mmchat.serving.engine import ChatEngine, LoadError
-    from mmchat.serving.process import configure_process
+    from mmchat.serving.process import configure_process, freeze_start_up_heap
     from mmchat.serving.ui import MAX_FILE_SIZE, build_demo, zero_gpu
 
     configure_process(args.threads)  # torch threads; a short GIL switch interval (mmchat.serving.process)
@@ -108,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if engine.scheduler is not None:  # it batches up to as many answers as the Gradio queue feeds it
         engine.scheduler.max_batch = concurrency
     demo.queue(default_concurrency_limit=concurrency, max_size=args.max_queue)
+    freeze_start_up_heap()  # what start-up made lives on: no full garbage collection walks it again
     # Each answer in flight holds one of Gradio's worker threads while it waits for its tokens.
     demo.launch(
         server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_SIZE, max_threads=max(40, concurrency + 8)

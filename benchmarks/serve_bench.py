@@ -47,7 +47,7 @@ from mmchat.serving.families import FamilyAdapter, Turn  # noqa: E402
 from mmchat.serving.images import load_image  # noqa: E402
 from mmchat.serving.loading import DTYPES, load_model  # noqa: E402
 from mmchat.serving.overlay import overlay_attention  # noqa: E402
-from mmchat.serving.process import configure_process  # noqa: E402
+from mmchat.serving.process import configure_process, freeze_start_up_heap  # noqa: E402
 
 SETTINGS = GenerationSettings(max_new_tokens=16)
 
@@ -581,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.get_num_threads()} torch threads, GIL switch interval {sys.getswitchinterval() * 1000:g} ms; load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
+    freeze_start_up_heap()  # as `python app.py` does once it has loaded, for every path measured here
     rows: list[tuple[str, int, dict[str, Any]]] = []
     results: dict[str, dict[int, dict[str, Any]]] = {"legacy": {}, "engine": {}}
 
