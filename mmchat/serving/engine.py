@@ -192,6 +192,17 @@ class ChatEngine:
                     self._verdicts.popitem(last=False)
         return verdict
 
+    def declined_because(self, image: Any, question: str) -> str | None:
+        """Why the world gate declines `question` about `image` (the answer `unanswerable`): "picture"
+        when the image is not of the model's world, "question" when it is but the question fits no
+        form the world's grammar knows; None when it is not declined (or the model has no gate)."""
+        if self.adapter.world_gate is None:
+            return None
+        image, key, question = self._checked(image, question)
+        if not self._in_world(image, key):
+            return "picture"
+        return "question" if self.adapter.world_gate.question(question) is None else None
+
     def _image_key(self, image: Image.Image) -> str:
         return image_key(image, str(getattr(self.adapter, "source", id(self.adapter))))
 

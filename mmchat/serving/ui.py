@@ -247,20 +247,31 @@ def _overlay_message(
     return {"role": "assistant", "content": [{"path": path, "alt_text": OVERLAY_ALT}, OVERLAY_CAPTION]}
 
 
-def boundary_note(engine: ChatEngine) -> str:
+def boundary_note(engine: ChatEngine, because: str | None = None) -> str:
     """What the app shows for `unanswerable`: what this model knows, questions it can answer, and
-    where to go for photos. The world and the examples come from the checkpoint's gate."""
+    where to go for photos. The world and the examples come from the checkpoint's gate.
+
+    `because` "question" (`ChatEngine.declined_because`): the picture is of the model's world and
+    the question is what it cannot read, so the note says so and leaves out where to go for photos."""
     gate = getattr(engine.adapter, "world_gate", None)
     config = gate.config if gate is not None else {}
     about = config.get("about", "the pictures it was trained on")
     examples = config.get("examples", [])
-    lines = [
-        f"{BOUNDARY} **This model can't answer that about this picture.** It knows one small world: {about}. "
-        "It declines photos, drawings, charts, text and questions about anything else, rather than guess."
-    ]
+    if because == "question":
+        lines = [
+            f"{BOUNDARY} **This model can't answer that question.** The picture is one it knows ({about}), "
+            "but it answers only a few kinds of question about it, asked in the forms it was taught, "
+            "rather than guess at others."
+        ]
+    else:
+        lines = [
+            f"{BOUNDARY} **This model can't answer that about this picture.** It knows one small world: {about}. "
+            "It declines photos, drawings, charts, text and questions about anything else, rather than guess."
+        ]
     if examples:
         lines.append("It can answer, for example: " + " · ".join(f"*{q}*" for q in examples))
-    lines.append(GENERAL_MODELS)
+    if because != "question":
+        lines.append(GENERAL_MODELS)
     return "\n\n".join(lines)
 
 
@@ -354,7 +365,8 @@ def build_demo(
             yield [f"{NOTICE} The model gave an empty answer; try rephrasing, or switch sampling on."]
             return
         if answer == UNANSWERABLE:  # a note, not an answer, and no heat-map under it
-            yield [boundary_note(engine), *(f"{INFO} {note}" for note in notes)]
+            because = engine.declined_because(image, question) if hasattr(engine, "declined_because") else None
+            yield [boundary_note(engine, because), *(f"{INFO} {note}" for note in notes)]
             return
         if _hit_token_limit(engine, answer, settings):
             notes.append(

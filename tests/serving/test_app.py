@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,26 @@ def test_unanswerable_is_shown_as_a_note_with_no_heat_map(image_file: str) -> No
     history = [{"role": "user", "content": [{"path": image_file}, "What animal is this?"]},
                {"role": "assistant", "content": note}]
     assert conversation_context(history) == (image_file, [])
+
+
+class WordingDecliningEngine(DecliningEngine):
+    """Declines a question about a picture of its world that its gate cannot read ("how many circles")."""
+
+    class adapter(StubAdapter):  # noqa: N801 (stands where the engine's adapter instance does)
+        world_gate = types.SimpleNamespace(config={"about": "coloured shapes", "examples": ["How many circles are there?"]})
+
+    def declined_because(self, image: Any, question: str) -> str:
+        return "question"
+
+
+def test_a_question_declined_about_a_picture_of_the_world_says_the_question_is_why(image_file: str) -> None:
+    reply = list(build_demo(WordingDecliningEngine(), examples=[]).fn(
+        {"text": "how many circles", "files": [image_file]}, [], *GREEDY.values()
+    ))[-1]
+    note = reply[0]
+    assert note.startswith(BOUNDARY) and "can't answer that question" in note
+    assert "coloured shapes" in note and "*How many circles are there?*" in note  # how to ask instead
+    assert "Salesforce/blip-vqa-base" not in note  # no advice to serve a model for photos
 
 
 def test_answers_run_inside_spaces_gpu_where_spaces_is_installed(image_file: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -159,3 +159,12 @@ def test_a_gate_for_other_features_is_refused(tmp_path) -> None:
     (tmp_path / GATE_FILE).write_text("{}")
     with pytest.raises(KeyError):
         WorldGate.from_pretrained(tmp_path)
+
+
+def test_declined_because_tells_the_picture_from_the_question(engine, shapes_image, noise_image, tiny_checkpoint) -> None:
+    assert engine.declined_because(noise_image, "How many circles are there?") == "picture"
+    assert engine.declined_because(shapes_image, "How many cats are there?") == "question"
+    assert engine.declined_because(shapes_image, "how many circles") == "question"  # a wording beyond the table
+    assert engine.declined_because(shapes_image, "How many circles are there?") is None
+    plain = ChatEngine.from_pretrained(tiny_checkpoint, device="cpu")  # no gate: nothing is declined
+    assert plain.declined_because(noise_image, "What animal is this?") is None
