@@ -259,7 +259,7 @@ def boundary_note(engine: ChatEngine, because: str | None = None) -> str:
     examples = config.get("examples", [])
     if because == "question":
         lines = [
-            f"{BOUNDARY} **This model can't answer that question.** The picture is one it knows ({about}), "
+            f"{BOUNDARY} **This model can't answer that question.** The picture is of its world, {about}; "
             "but it answers only a few kinds of question about it, asked in the forms it was taught, "
             "rather than guess at others."
         ]
