@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .cache import image_key
+from .cache import LRUBytes, image_key
 from .families import FamilyAdapter, ServingError, Turn
 from .gate import UNANSWERABLE
 from .images import ImageInputError, load_image
@@ -73,8 +73,13 @@ class ChatEngine:
         record_attention: bool = True,
         threaded: bool = True,
         draft_tokens: int = 4,
+        attention_cache_bytes: int = 32 << 20,
     ):
-        """`image_cache_bytes`: None keeps the family's own bound (`FamilyAdapter.image_cache_bytes`)."""
+        """`image_cache_bytes`: None keeps the family's own bound (`FamilyAdapter.image_cache_bytes`).
+        `attention_cache_bytes`: the recorded maps kept for answers' heat-maps, asked for right after
+        their answers. The shipped model's take 1.3 KB for a short answer and 16 KB for a description,
+        so 32 MB holds about 25,000 short answers' or 2,000 descriptions'. (It kept 4,096 maps before,
+        however large: up to 66 MB of descriptions.)"""
         self.adapter = adapter
         self.timeout_s = timeout_s
         self.max_waiting = max_waiting
@@ -95,8 +100,9 @@ class ChatEngine:
         # (image key, question and history as asked, answer) -> (A, N) cross-attention of each answer
         # token, from the answering pass. Keyed by the words, not the prompt's token ids: rebuilding
         # the prompt (chat template, tokenizer) to look a picture up took 0.37 of its 1.7 ms.
-        self._attention: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        self._attention_lock = threading.Lock()  # also guards _verdicts and _reads
+        self._attention = LRUBytes(attention_cache_bytes)  # (A, N) fp32 maps; bounded in bytes, as a
+        # description's map is 30 times a one-word answer's
+        self._attention_lock = threading.Lock()  # guards _verdicts and _reads
         self._verdicts: OrderedDict[str, bool] = OrderedDict()  # image key -> the world gate's verdict
         # source (a path as it is now, or a PIL image) -> (its weak reference, the image read, its key)
         self._reads: OrderedDict[tuple, tuple[Any, Image.Image, str]] = OrderedDict()
@@ -367,10 +373,7 @@ class ChatEngine:
         n = len(reply.answer_tokens)
         if not n or len(reply.request.attention) < n:  # an empty answer has no picture
             return
-        with self._attention_lock:
-            self._attention[(*reply.lookup, reply.text_so_far)] = torch.stack(reply.request.attention[:n])
-            while len(self._attention) > 4096:
-                self._attention.popitem(last=False)
+        self._attention.put((*reply.lookup, reply.text_so_far), torch.stack(reply.request.attention[:n]))
 
     def answer_attention(
         self, image: Any, question: str, answer: str, history: list[Turn] | None = None
@@ -389,8 +392,7 @@ class ChatEngine:
         question, history = self._asked(image, key, question, history)  # as the answering pass was asked
         if question is None:
             return None
-        with self._attention_lock:
-            weights = self._attention.get((*_lookup(key, question, history), answer))
+        weights = self._attention.get((*_lookup(key, question, history), answer))
         if weights is not None:
             return weights
         inputs = self._fit_history(image, question, history)

@@ -243,6 +243,25 @@ def forward_calls(engine: ChatEngine) -> Iterator[list[int]]:
         del engine.adapter.model.forward
 
 
+def test_recorded_maps_stay_inside_their_byte_bound_and_the_newest_needs_no_second_pass(tiny_checkpoint):
+    asked = [(picture(60 + i), QUESTIONS[i % len(QUESTIONS)]) for i in range(8)]
+    probe = fresh(tiny_checkpoint)
+    sizes = []
+    for image, question in asked:
+        before = probe._attention.bytes
+        probe.answer(image, question, [], GREEDY)
+        sizes.append(probe._attention.bytes - before)
+    probe.close()
+    bound = 2 * max(sizes)  # room for two of the largest maps, far fewer than 8
+    engine = fresh(tiny_checkpoint, attention_cache_bytes=bound)
+    answers = [engine.answer(image, question, [], GREEDY) for image, question in asked]
+    assert engine._attention.bytes <= bound and len(engine._attention) < len(asked)
+    with forward_calls(engine) as calls:
+        assert engine.answer_attention(*asked[-1], answers[-1]) is not None
+    assert calls[0] == 0  # the newest answer's picture is still the recorded one
+    engine.close()
+
+
 def test_heat_map_comes_from_the_answering_pass_and_matches_a_second_pass(engine):
     image, question = picture(50), QUESTIONS[4]
     reply = engine.submit(image, question, [], GREEDY)
