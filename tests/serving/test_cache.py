@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import torch
+from pathlib import Path
 
-from mmchat.serving.cache import PrefixCache
+import torch
+from PIL import Image
+
+from mmchat.serving.cache import PrefixCache, nbytes
+from mmchat.serving.loading import load_model
+
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "mmchat-shapes"
 
 
 def layers(ids: list[int], value: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -71,3 +77,11 @@ def test_an_entry_over_the_whole_bound_is_not_kept_nor_listed():
     cache.put("a", [1, 2, 3, 4], layers([1, 2, 3, 4], 1.0))
     assert len(cache.entries) == 0 and cache._by_image == {}
     assert cache.longest("a", [1, 2, 3, 4, 5]) == (0, None)
+
+
+def test_the_shipped_models_image_cache_holds_every_conversation_the_app_answers_at_once():
+    """With room for fewer, follow-ups under full load encode their image again (64 users in a
+    64 MB cache: 104-111 images encoded for 64)."""
+    adapter = load_model(str(SHIPPED), quantization="none", device="cpu")
+    state = adapter.encode_images([Image.new("RGB", (96, 96), "white")])[0]
+    assert adapter.image_cache_bytes >= adapter.default_concurrency * nbytes(state)
