@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .answer_tree import question_kind
 from .cache import LRUBytes, image_key
 from .families import FamilyAdapter, ServingError, Turn
 from .gate import UNANSWERABLE
@@ -287,6 +288,7 @@ class ChatEngine:
             inputs=inputs,
             cancel=stop_event or threading.Event(),
             second_look=self.adapter.second_look is not None and self.adapter.second_look.applies(question),
+            kind=question_kind(question),
         )
         return Reply(self, self.scheduler.submit(request), lookup=_lookup(key, question, history))
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import queue
 import threading
 import time
@@ -43,6 +44,7 @@ import torch
 from PIL import Image
 from transformers.generation.streamers import BaseStreamer
 
+from .answer_tree import AnswerTree, LikelyAnswers, grow_tree, tree_mask
 from .cache import LRUBytes, PrefixCache
 from .drafts import AnswerNgrams
 from .families.base import KV
@@ -79,6 +81,8 @@ class Request:
     attention: list[torch.Tensor] = field(default_factory=list)
     # Its first token, if chosen unsure, is chosen again over shifted views (`second_look.py`).
     second_look: bool = False
+    # The kind of question (`answer_tree.question_kind`): the answers given to its kind are drafted.
+    kind: str | None = None
 
     def emit(self, token: int) -> None:
         self.tokens.append(token)
@@ -158,6 +162,9 @@ class Scheduler:
         self.drafts = AnswerNgrams() if draft_tokens > 0 else None
         self.max_draft = draft_tokens
         self.drafted = self.accepted = 0  # drafted tokens fed, and those the model chose too
+        # Whole answers drafted into prefills (`answer_tree.py`), for a family whose step takes a tree's mask.
+        self.likely = LikelyAnswers() if draft_tokens > 0 and adapter.tree_masks else None
+        self.trees = self.tree_nodes = self.tree_answers = 0  # rows given a tree, its nodes, answers ended in the prefill
         self.cost = ForwardCost()
         self._thread: threading.Thread | None = None
         if threaded:
@@ -388,21 +395,30 @@ class Scheduler:
         R = len(running.rows) if running else 0
         L = running.mask.shape[1] if running else 0
         P = max([L] + [n for n, _ in cached])  # cached columns; each row's right-aligned in them
-        S = max(len(r.prompt) - n for r, (n, _) in zip(requests, cached))  # new columns
+        suffixes = [r.prompt[n:] for r, (n, _) in zip(requests, cached)]
+        trees = self._trees(requests, suffixes, R)
+        sizes = [len(t) if t else 0 for t in trees]
+        S = max(len(suffix) + k for suffix, k in zip(suffixes, sizes))  # new columns: prompts, then trees
         B = R + len(requests)
         ids = torch.full((B, S), self.pad, dtype=torch.long, device=device)
         pos = torch.zeros((B, S), dtype=torch.long, device=device)
         mask = torch.zeros((B, P + S), dtype=torch.long, device=device)
+        next_pos = running.pos.tolist() if running else []
         if running:  # one real token each, the last column; the S - 1 before it are masked
             ids[:R, -1], pos[:R, -1] = running.next_tokens, running.pos
             mask[:R, P - L : P] = running.mask
             mask[:R, -1] = 1
-        for i, (r, (n, _)) in enumerate(zip(requests, cached), start=R):
-            suffix = r.prompt[n:]
-            ids[i, S - len(suffix) :] = torch.tensor(suffix)
-            pos[i, S - len(suffix) :] = torch.arange(n, n + len(suffix))
+            next_pos = [p + 1 for p in next_pos]
+        for i, (n, _), suffix, tree, k in zip(range(R, B), cached, suffixes, trees, sizes):
+            end = S - k  # the prompt's columns end here, its tree's nodes follow
+            ids[i, end - len(suffix) : end] = torch.tensor(suffix)
+            pos[i, end - len(suffix) : end] = torch.arange(n, n + len(suffix))
             mask[i, P - n : P] = 1
-            mask[i, S + P - len(suffix) :] = 1
+            mask[i, P + end - len(suffix) :] = 1
+            if k:
+                ids[i, end:] = torch.tensor(tree.tokens)
+                pos[i, end:] = n + len(suffix) + torch.tensor(tree.depths)
+            next_pos.append(n + len(suffix))
         past = None
         if P:
             layers = []
@@ -418,23 +434,74 @@ class Scheduler:
                         v[i, :, P - n :] = kv[layer][1][0]
                 layers.append((k, v))
             past = layers
+        K = 1 + max(sizes)  # the positions whose logits are read: each prompt's last, and the trees
+        attention = tree_mask(mask, S, [None] * R + trees) if K > 1 else mask
         start = time.perf_counter()
-        logits, past, weights = self.adapter.step(ids, mask, pos, past, images, self.record_attention)
+        logits, past, weights = self.adapter.step(ids, attention, pos, past, images, self.record_attention, keep=K)
         self.cost.add(B * S, time.perf_counter() - start)
         rows = (running.rows if running else []) + list(requests)
-        last = logits[:, -1]
+        ends = [K - 1] * R + [K - 1 - k for k in sizes]  # each row's prompt's last column, in the K kept
+        last = logits[torch.arange(B), torch.tensor(ends)]
         if any(r.second_look for r in requests):
             last = self._look_again(last, rows)
-        chosen = [[token] for token in choose_tokens(last, rows).tolist()]
+        chosen, at = [], []
+        for i, token in enumerate(choose_tokens(last, rows).tolist()):
+            tree = trees[i - R] if i >= R else None
+            if not tree:
+                chosen.append([token])
+                at.append([ends[i]])
+                continue
+            k = len(tree)
+            tokens, kept = tree.walk(token, logits[i, K - k :].argmax(dim=-1).tolist(), self.eos)
+            chosen.append(tokens)
+            at.append([ends[i]] + [K - k + j for j in kept])
+            fed = set(kept)
+            for j in range(k):  # the nodes the model did not choose were never fed
+                if j not in fed:
+                    mask[i, P + S - k + j] = 0
+            next_pos[i] += len(kept)
+            self.trees += 1
+            self.tree_nodes += k
+            self.tree_answers += tokens[-1] in self.eos
         batch = _Batch(
             rows=rows,
             past=past,
             mask=mask,
-            pos=pos[:, -1] + 1,
+            pos=torch.tensor(next_pos, dtype=torch.long, device=device),
             images=images,
             next_tokens=torch.zeros(B, dtype=torch.long, device=device),
         )
-        return self._advance(batch, chosen, weights)
+        return self._advance(batch, chosen, weights, at)
+
+    def _trees(self, requests: list[Request], suffixes: list[list[int]], running: int) -> list[AnswerTree | None]:
+        """Each newcomer's tree of likely answers (`answer_tree.py`), as large as the fitted cost of a
+        forward says pays. A node costs a position in every row of the forward (their new columns
+        are right-aligned); an answer that ends in its prefill saves its row's position in the next
+        decode step, and the whole step when no row is left for it. A tree's chance of holding its
+        answer is taken to be the share of the kind's earlier answers it holds."""
+        none: list[AnswerTree | None] = [None] * len(requests)
+        fit = self.cost.fit() if self.likely is not None else None
+        if fit is None:
+            return none
+        fixed, per_position = fit
+        candidates = [self.likely.candidates(r.kind) if r.kind and not r.settings.do_sample else [] for r in requests]
+        if not any(candidates):
+            return none
+        rows = running + len(requests)
+        others = len(self._batch.rows) if self._batch is not None else running  # rows the next step has anyway
+        width = max(map(len, suffixes))
+        best, best_gain = none, 0.0
+        for budget in (1, 2, 4, 8, 16, 32):
+            trees = [
+                grow_tree(c, self.eos, budget, r.settings.max_new_tokens - 1) if c else None
+                for c, r in zip(candidates, requests)
+            ]
+            extra = max(len(s) + (len(t) if t else 0) for s, t in zip(suffixes, trees)) - width
+            held = [t.covered if t else 0.0 for t in trees]
+            gain = per_position * sum(held) + (0.0 if others else fixed * math.prod(held)) - per_position * rows * extra
+            if gain > best_gain:
+                best, best_gain = trees, gain
+        return [t if t else None for t in best]
 
     def _look_again(self, last: torch.Tensor, rows: list[Request]) -> torch.Tensor:
         """(B, V) first-token logits -> the same, where a `second_look` row was unsure replaced by
@@ -499,11 +566,11 @@ class Scheduler:
             return self._decode_apart(batch)
         last = choose_tokens(logits[:, -1], batch.rows).tolist()  # a row without a draft: its token
         greedy = logits.argmax(dim=-1).tolist() if K > 1 else None  # (B, K)
-        chosen, first, advanced = [], [], []
+        chosen, at, advanced = [], [], []
         for i, d in enumerate(drafts):
             if not d:
                 chosen.append([last[i]])
-                first.append(K - 1)
+                at.append([K - 1])
                 advanced.append(1)
                 continue
             s = K - 1 - len(d)  # the row's first new column: its next token, then the draft
@@ -512,14 +579,14 @@ class Scheduler:
             while m < len(d) and g[m] == d[m]:
                 m += 1
             chosen.append(g[: m + 1])
-            first.append(s)
+            at.append(list(range(s, s + m + 1)))
             advanced.append(m + 1)
             mask[i, L + s + 1 + m :] = 0  # the drafted tokens the model did not choose were never fed
             self.drafted += len(d)
             self.accepted += m
         batch.past, batch.mask = past, mask
         batch.pos = batch.pos + torch.tensor(advanced, device=batch.pos.device)
-        return self._advance(batch, chosen, weights, first)
+        return self._advance(batch, chosen, weights, at)
 
     def _drafts(self, batch: _Batch) -> list[list[int]]:
         """Each row's draft: none for a sampling row; as many columns as the fitted cost of a forward
@@ -553,24 +620,23 @@ class Scheduler:
         return merged
 
     def _advance(
-        self, batch: _Batch, chosen: list[list[int]], weights: torch.Tensor | None, first: list[int] | None = None
+        self, batch: _Batch, chosen: list[list[int]], weights: torch.Tensor | None, at: list[list[int]]
     ) -> _Batch | None:
         """Hand each row its chosen tokens (`chosen[i]`, in order), drop the rows that are done.
         `weights` (B, K, N): the maps of the step's last K positions; row i's j-th token was chosen at
-        column `first[i] + j` (the last column when `first` is None).
+        column `at[i][j]` of them.
 
         Handing out comes last: each token wakes a request thread, which then contends for the GIL
         with this thread's own bookkeeping (py-spy at 16 users: a quarter of this function's samples
         were in the queue's put and notify), where the next forward gives the GIL up anyway."""
         maps = weights.float().cpu() if weights is not None else None
-        first = first if first is not None else [-1] * len(chosen)
         keep, events = [], []
         try:
             for i, (request, tokens) in enumerate(zip(batch.rows, chosen)):
                 ended = None
                 for j, token in enumerate(tokens):
                     if maps is not None:  # a copy: a view would keep the whole step's (B, K, N) alive
-                        request.attention.append(maps[i, first[i] + j].clone())
+                        request.attention.append(maps[i, at[i][j]].clone())
                     request.tokens.append(token)
                     events.append((request, ("token", token)))
                     if token in self.eos or len(request.tokens) >= request.settings.max_new_tokens:
@@ -580,6 +646,8 @@ class Scheduler:
                     self._remember(batch, i, request)
                     if self.drafts is not None:
                         self.drafts.learn(request.tokens)
+                    if self.likely is not None and request.kind:
+                        self.likely.learn(request.kind, request.tokens)
                     events.append((request, ("end", ended)))
                 elif request.cancel.is_set():
                     events.append((request, ("end", "stopped")))

@@ -51,6 +51,9 @@ class FamilyAdapter:
     # True: the heat-map comes from the answering pass (a batched family's `step` returns where each
     # chosen token looked; another family's `generate` reports it); False: a second pass (`attention_grid`).
     records_attention: ClassVar[bool] = False
+    # True: a batched family's `step` also takes a (B, 1, T, L) bool attention mask (which columns
+    # each new position sees), so a prefill can verify a tree of drafted answers (`answer_tree.py`).
+    tree_masks: ClassVar[bool] = False
     # True: a family answered by its own `generate` (not `batched`) that encodes each image once
     # (`encode_images`) and answers every turn about it from that state (`generate`'s `images`).
     keeps_images: ClassVar[bool] = False

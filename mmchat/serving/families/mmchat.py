@@ -23,6 +23,7 @@ class MMChatAdapter(FamilyAdapter):
     shows_attention = True
     batched = True
     records_attention = True
+    tree_masks = True  # its LM is transformers' own, which takes a 4-D mask as given
     # Trained under bf16 autocast; in bf16 weights the shipped model gave the fp32 answer to all
     # 300 v1 questions and 120 descriptions of the selection sets, and its batches run faster on AMX.
     cpu_bf16 = True
@@ -100,7 +101,7 @@ class MMChatAdapter(FamilyAdapter):
     def step(
         self,
         input_ids: torch.Tensor,  # (B, T)
-        attention_mask: torch.Tensor,  # (B, L + T): the cached columns, then these
+        attention_mask: torch.Tensor,  # (B, L + T): the cached columns, then these; or (B, 1, T, L + T) bool
         position_ids: torch.Tensor,  # (B, T)
         past: KV | None,
         images: CrossAttentionCache,
