@@ -12,13 +12,18 @@ CUDA graphs for. Each output row depends on its own input row alone, so the padd
 
 Each kernel built holds about 0.65 MiB: for the shipped model the 264 built at load (11 layer
 shapes x 24 sizes) take 0.3-0.5 s and 181 MiB. Building all 40 sizes up to 2,048 rows held 310 MiB
-for no faster serving; the larger sizes (a 16-image ViT pass, the widest prefills) are built when
-first met, each once.
+for no faster serving; the larger sizes (the widest prefills) are built when first met, each once.
+
+The layers that read image patches (`skip`) keep their rows: those are images x patches, so each
+number of images is one size, built once, and padding a 15-image pass (2,175 rows to 2,304) copied
+them all for 6 % more work. Exact, 15 images were encoded in a median of 113.0 ms against 123.2
+padded, 4 in 36.1 against 38.7 (30 interleaved calls each).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -45,13 +50,16 @@ def _bucketed_linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return y[:rows].reshape(*shape[:-1], y.shape[-1])
 
 
-def pad_linear_rows(model: nn.Module, warm_rows: int = 512) -> int:
-    """Make every plain `nn.Linear` of `model` pad its rows to `bucket` sizes, and build each layer
-    shape's kernels for every bucket up to `warm_rows` now. Returns how many layers pad."""
+def pad_linear_rows(model: nn.Module, warm_rows: int = 512, skip: Iterable[nn.Module] = ()) -> int:
+    """Make every plain `nn.Linear` of `model` (but those in `skip`) pad its rows to `bucket` sizes,
+    and build each layer shape's kernels for every bucket up to `warm_rows` now. Returns how many
+    layers pad."""
+    exact = {id(m) for root in skip for m in root.modules()}
     shapes: dict[tuple, nn.Linear] = {}
     padding = 0
     for module in model.modules():
-        if type(module) is nn.Linear:  # not quantized or other subclasses: they run their own kernels
+        # Not quantized or other subclasses: they run their own kernels.
+        if type(module) is nn.Linear and id(module) not in exact:
             module.forward = functools.partial(_bucketed_linear, module)
             shapes.setdefault((module.in_features, module.out_features, module.bias is not None), module)
             padding += 1

@@ -23,6 +23,13 @@ def test_rows_pad_to_few_sizes_and_never_to_fewer_rows():
         assert padded - rows <= max(15, rows / 8)  # above 128 rows, at most an eighth more work
 
 
+def test_layers_it_is_told_to_skip_keep_their_rows():
+    layers = nn.Sequential(nn.Linear(4, 8), nn.Sequential(nn.Linear(8, 8)), nn.Linear(8, 2)).to(torch.bfloat16)
+    assert pad_linear_rows(layers, warm_rows=16, skip=[layers[1]]) == 2
+    assert not isinstance(layers[1][0].forward, functools.partial)
+    assert isinstance(layers[0].forward, functools.partial) and isinstance(layers[2].forward, functools.partial)
+
+
 def test_a_padded_layer_gives_each_row_its_own_output():
     torch.manual_seed(0)
     layers = nn.Sequential(nn.Linear(24, 40), nn.GELU(), nn.Linear(40, 8, bias=False)).to(torch.bfloat16)
@@ -51,10 +58,16 @@ def test_a_bf16_model_on_a_cpu_pads_and_answers_as_it_did(tiny_checkpoint, shape
         return alone + together
 
     padded = ChatEngine.from_pretrained(tiny_checkpoint, device="cpu", dtype="bfloat16")
-    layers = [m for m in padded.adapter.model.modules() if type(m) is nn.Linear]
-    assert layers and all(isinstance(m.forward, functools.partial) for m in layers)
+    model = padded.adapter.model
+    blocks = model.cross_attention_blocks()
+    patches_side = [model.vision_model, model.multi_modal_projector, *(b.k_proj for b in blocks), *(b.v_proj for b in blocks)]
+    image_side = {id(m) for root in patches_side for m in root.modules()}
+    layers = [m for m in model.modules() if type(m) is nn.Linear]
+    # The LM's layers pad; those that read the patches keep their rows (images x patches: few sizes).
+    assert all(isinstance(m.forward, functools.partial) == (id(m) not in image_side) for m in layers)
+    assert any(id(m) in image_side for m in layers) and any(id(m) not in image_side for m in layers)
     assert not any(isinstance(m.forward, functools.partial) for m in padded.adapter.small_model.modules())
-    monkeypatch.setattr(mmchat_family, "pad_linear_rows", lambda model: 0)
+    monkeypatch.setattr(mmchat_family, "pad_linear_rows", lambda model, **kwargs: 0)
     plain = ChatEngine.from_pretrained(tiny_checkpoint, device="cpu", dtype="bfloat16")
     assert not any(isinstance(m.forward, functools.partial) for m in plain.adapter.model.modules())
     assert answers(padded) == answers(plain)

@@ -53,7 +53,11 @@ class MMChatAdapter(FamilyAdapter):
         self.small_model = None
         if bf16_on_cpu and unquantized:
             self.small_model = copy.deepcopy(model).float()
-            pad_linear_rows(model)  # oneDNN builds a bf16 kernel per row count: a few, all built now
+            # oneDNN builds a bf16 kernel per row count: a few, all built now. The layers that read the
+            # patches (the ViT, the projector, each block's keys/values) see images x patches rows.
+            blocks = model.cross_attention_blocks()
+            image_side = [model.vision_model, model.multi_modal_projector, *(b.k_proj for b in blocks), *(b.v_proj for b in blocks)]
+            pad_linear_rows(model, skip=image_side)
 
     def max_context_tokens(self) -> int | None:
         return getattr(self.model.config.text_config, "max_position_embeddings", None)
