@@ -10,7 +10,10 @@ Each row keeps its own position ids, attention mask, image keys/values and sampl
 batch answers exactly what each request alone would (in fp32; in bf16 the rounding can move with the
 batch's shape, as on any GPU). Tokens go to each request's own queue as they are chosen. A greedy
 row's decode step also feeds the tokens likely to follow its own (`drafts.py`: from the answers
-given before) and keeps those the model chooses too, so one step may give a row several tokens.
+given before) and keeps those the model chooses too, so one step may give a row several tokens; and
+where the family's step takes a tree's mask, a greedy newcomer's prefill feeds the answers given
+before to its kind of question as a tree after its prompt (`answer_tree.py`), so that a short
+answer, and the end of its turn, can be chosen in the prefill alone.
 Where a checkpoint carries a second look (`second_look.py`), a newcomer of its question families
 whose first token the prefill chose unsure has it chosen again, in one more forward, over views of
 its image shifted a few pixels.
