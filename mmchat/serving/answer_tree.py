@@ -37,15 +37,20 @@ class LikelyAnswers:
     An answer becomes a candidate once given `min_count` times: once by default, as the scheduler
     weighs each answer by its share (a fresh engine's 16-user runs, 7 each: 166-168 answers ended in
     their prefill against 86-127 when twice was asked). At most `max_kinds` kinds are kept, the
-    least recently seen dropped first, and per kind the `max_answers` most common."""
+    least recently seen dropped first, and per kind the `max_answers` most common. An answer of more
+    than `max_tokens` tokens is not kept: no tree holds it (the scheduler grows them to 32 nodes at
+    most). So the table holds at most 1,024 x 128 answers of 33 tokens, about 20 MB."""
 
-    def __init__(self, min_count: int = 1, max_kinds: int = 4096, max_answers: int = 64):
+    def __init__(self, min_count: int = 1, max_kinds: int = 1024, max_answers: int = 64, max_tokens: int = 33):
         self.min_count = min_count
         self.max_kinds = max_kinds
         self.max_answers = max_answers
+        self.max_tokens = max_tokens
         self._answers: OrderedDict[Hashable, Counter] = OrderedDict()
 
     def learn(self, kind: Hashable, answer: Sequence[int]) -> None:
+        if len(answer) > self.max_tokens:
+            return
         counts = self._answers.get(kind)
         if counts is None:
             counts = self._answers[kind] = Counter()

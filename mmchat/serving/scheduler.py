@@ -494,7 +494,7 @@ class Scheduler:
         others = len(self._batch.rows) if self._batch is not None else running  # rows the next step has anyway
         width = max(map(len, suffixes))
         best, best_gain = none, 0.0
-        for budget in (1, 2, 4, 8, 16, 32):
+        for budget in (1, 2, 4, 8, 16, 32):  # nodes a tree at most (`LikelyAnswers.max_tokens` is 33)
             trees = [
                 grow_tree(c, self.eos, budget, r.settings.max_new_tokens - 1) if c else None
                 for c, r in zip(candidates, requests)

@@ -41,6 +41,8 @@ def test_the_table_keeps_its_newest_kinds_and_each_kinds_common_answers():
         likely.learn("d", [100 + i, 1])
     assert len(likely._answers["d"]) <= 8
     assert likely.candidates("d")[0][0] == (2, 1)
+    likely.learn("d", list(range(2, 40)) + [1])  # longer than any tree: not kept
+    assert all(len(answer) <= likely.max_tokens for answer, _ in likely.candidates("d"))
 
 
 def test_a_tree_shares_prefixes_and_walks_only_where_the_model_agrees():
