@@ -85,3 +85,20 @@ def test_the_shipped_models_image_cache_holds_every_conversation_the_app_answers
     adapter = load_model(str(SHIPPED), quantization="none", device="cpu")
     state = adapter.encode_images([Image.new("RGB", (96, 96), "white")])[0]
     assert adapter.image_cache_bytes >= adapter.default_concurrency * nbytes(state)
+
+
+def test_each_encoded_image_holds_only_its_own_memory():
+    """The image cache counts a state's bytes: a state that was a view into its batch would keep the
+    whole batch alive (15 images' keys/values behind each one) while counted as one image."""
+    adapter = load_model(str(SHIPPED), quantization="none", device="cpu")
+    images = [Image.new("RGB", (96, 96), colour) for colour in ("white", "red", "blue")]
+    states = adapter.encode_images(images)
+    alone = adapter.encode_images(images[1:2])[0]
+    for state in states:
+        for t in [state.image_states, *(t for kv in state.key_values.values() for t in kv)]:
+            assert t.shape[0] == 1 and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+    # Each is its own image's: the red one encoded alone, to bf16 rounding, and far from the others.
+    for layer, (k, v) in alone.key_values.items():
+        torch.testing.assert_close(states[1].key_values[layer][0], k, atol=2e-2, rtol=2e-2)
+        torch.testing.assert_close(states[1].key_values[layer][1], v, atol=2e-2, rtol=2e-2)
+        assert (states[0].key_values[layer][1] - v).abs().max() > 0.1

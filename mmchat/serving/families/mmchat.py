@@ -87,20 +87,27 @@ class MMChatAdapter(FamilyAdapter):
         batched matmuls cost about 50 µs however small), and the two were even at 16 rows. It costs
         0.6 MB more per image. A GPU keeps the weights' precision."""
         pixel_values = self.processor(images=images)["pixel_values"].to(self.device)
-        cpu = self.device.type == "cpu"
+        dtype = torch.float32 if self.device.type == "cpu" else None
 
-        def packed(t: torch.Tensor) -> torch.Tensor:
-            """In one copy: fp32 on a CPU, and contiguous. The projection hands out transposed views,
-            and every join copies a state into the running batch's slots (strided, twice as long)."""
-            return t.to(torch.float32 if cpu else t.dtype, memory_format=torch.contiguous_format).contiguous()
+        def own(t: torch.Tensor) -> torch.Tensor:
+            """One image's slice in a copy of its own: fp32 on a CPU, and contiguous (the projection
+            hands out transposed views, and every join copies a state into the running batch's slots:
+            strided, twice as long). Copied image by image: converting the whole batch first, then
+            cutting it into images, copied everything twice, 19.3 ms for 15 images against 6.1."""
+            return t.to(dtype or t.dtype, memory_format=torch.contiguous_format, copy=True)
 
         with torch.inference_mode():
             cache = self.model.encode_images(pixel_values)
             for layer in self.model.decoder_layers():
                 if hasattr(layer, "cross_attn"):
-                    k, v = cache.get(layer.layer_idx, layer.cross_attn.project_kv)
-                    cache.key_values[layer.layer_idx] = (packed(k), packed(v))
-        return self.split_images(cache)
+                    cache.get(layer.layer_idx, layer.cross_attn.project_kv)
+            return [
+                CrossAttentionCache(
+                    cache.image_states[i : i + 1].clone(),
+                    {layer: (own(k[i : i + 1]), own(v[i : i + 1])) for layer, (k, v) in cache.key_values.items()},
+                )
+                for i in range(len(pixel_values))
+            ]
 
     def step(
         self,
