@@ -406,12 +406,11 @@ class Scheduler:
         ids = torch.full((B, S), self.pad, dtype=torch.long, device=device)
         pos = torch.zeros((B, S), dtype=torch.long, device=device)
         mask = torch.zeros((B, P + S), dtype=torch.long, device=device)
-        next_pos = running.pos.tolist() if running else []
+        next_pos = [p + 1 for p in running.pos.tolist()] if running else []  # each row's next position
         if running:  # one real token each, the last column; the S - 1 before it are masked
             ids[:R, -1], pos[:R, -1] = running.next_tokens, running.pos
             mask[:R, P - L : P] = running.mask
             mask[:R, -1] = 1
-            next_pos = [p + 1 for p in next_pos]
         for i, (n, _), suffix, tree, k in zip(range(R, B), cached, suffixes, trees, sizes):
             end = S - k  # the prompt's columns end here, its tree's nodes follow
             ids[i, end - len(suffix) : end] = torch.tensor(suffix)
