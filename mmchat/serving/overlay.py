@@ -15,21 +15,34 @@ _RAMP = bytes(
 
 
 @functools.lru_cache(maxsize=8)
-def _alpha_table(alpha: float) -> bytes:
-    return bytes(round(alpha * v) for v in range(256))  # 0.1 ms to build: once per alpha
+def _palette(alpha: float) -> bytes:
+    """Each heat level's colour on the ramp and how much of it shows, as an RGBA palette: 0.1 ms to
+    build, once per alpha (given lists, Pillow rounds each entry in Python, call after call)."""
+    return bytes(x for v in range(256) for x in (*_RAMP[3 * v : 3 * v + 3], round(alpha * v)))
+
+
+@functools.lru_cache(maxsize=16)
+def _upsample(n: int, size: int) -> np.ndarray:
+    """(n, size) float32: Pillow's bicubic resize of n samples to `size`, as the matrix it is (the
+    resize is linear): row i is how sample i spreads over the output."""
+    impulses = Image.fromarray(np.eye(n, dtype=np.float32), mode="F")
+    return np.asarray(impulses.resize((size, n), Image.BICUBIC))
 
 
 def overlay_attention(image: Image.Image, grid: np.ndarray, alpha: float = 0.55) -> Image.Image:
     """`grid` (h, w) of weights in [0, 1] -> the image with a heat map blended in (hot = looked).
 
     Each pixel is base * (1 - alpha * heat) + ramp(heat) * alpha * heat, computed by Pillow on 8-bit
-    images (a palette, a lookup table and `composite`): a fraction of a millisecond for a 224-px
-    image, where the same blend in float arrays took 3-4 ms (measured side by side), at most 1 level
-    apart. The tables are bytes: given lists, Pillow rounds each entry in Python, call after call.
+    images (an RGBA palette and a `paste` through its alpha): a fraction of a millisecond for a
+    224-px image, where the same blend in float arrays took 3-4 ms (measured side by side), at most
+    1 level apart. The heat is upsampled by two small matrix products, not by resizing an 8-bit
+    image: 0.08 ms against 0.34 for 224 px, and no rounding to 8 bits between the two axes.
     """
-    heat = Image.fromarray((np.clip(grid, 0, 1) * 255).astype(np.uint8), mode="L")
-    heat = heat.resize(image.size, Image.BICUBIC)  # (H, W), 0..255
-    color = heat.copy()
-    color.putpalette(_RAMP)  # "L" -> "P": each level's colour on the ramp
-    mask = heat.point(_alpha_table(alpha))  # how much of the ramp shows
-    return Image.composite(color.convert("RGB"), image.convert("RGB"), mask)
+    h, w = grid.shape
+    heat = _upsample(h, image.height).T @ np.clip(grid, 0, 1).astype(np.float32) @ _upsample(w, image.width)  # (H, W)
+    level = Image.fromarray(np.clip(heat * 255 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    level.putpalette(_palette(alpha), rawmode="RGBA")  # "L" -> "P"
+    color = level.convert("RGBA")
+    out = image.convert("RGB")  # a copy even when it is RGB already: `paste` draws in place
+    out.paste(color, None, color)  # through the colour's own alpha
+    return out

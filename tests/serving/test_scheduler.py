@@ -277,7 +277,9 @@ def test_heat_map_comes_from_the_answering_pass_and_matches_a_second_pass(engine
     assert recorded.shape == second_pass.shape == (len(answer_ids), engine.scheduler.images.get(reply.request.image_key).image_states.shape[1])
     torch.testing.assert_close(recorded, second_pass, atol=1e-5, rtol=1e-4)
     old = overlay_attention(image, engine.adapter.attention_grid(inputs, answer_ids))
-    assert np.abs(np.asarray(overlay, np.float32) - np.asarray(old, np.float32)).max() <= 1
+    # At most one heat level apart where the weights' last digits round a pixel the other way: the
+    # ramp climbs 3 colour levels a heat level, 55 % of which show.
+    assert np.abs(np.asarray(overlay, np.float32) - np.asarray(old, np.float32)).max() <= 2
 
 
 def test_a_follow_ups_heat_map_comes_from_its_answering_pass_too(engine):
