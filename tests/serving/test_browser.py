@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -178,9 +179,35 @@ def test_a_saved_conversation_survives_a_reload_and_a_restart(
             expect(saved).to_have_count(0, timeout=TIMEOUT_MS)
 
 
+@pytest.fixture
+def slow_app(tiny_checkpoint: str) -> Iterator[str]:
+    """The app, in this process, on an engine whose every forward takes 20 ms longer; yields its URL.
+
+    Stop races the answer. On `running_app` the tiny model's 256-token answer, its n-gram drafts
+    accepted, ended 0.2-0.5 s after its first words (about 95 forwards), and on a loaded machine it
+    sometimes ended before the click reached the server (one CI run in seven). Here it lasts 2 s."""
+    from mmchat.serving.ui import build_demo
+
+    engine = ChatEngine.from_pretrained(tiny_checkpoint, quantization="none", device="cpu", dtype="float32")
+    step = engine.adapter.step
+
+    def slow_step(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.02)
+        return step(*args, **kwargs)
+
+    engine.adapter.step = slow_step
+    demo = build_demo(engine, examples=[]).queue(default_concurrency_limit=4)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+        engine.close()
+
+
 def test_stop_in_the_browser_keeps_the_partial_answer_and_the_app_answers_on(
-    running_app: str,
-    engine: ChatEngine,
+    slow_app: str,
     shapes_image: Image.Image,
     tmp_path: Path,
 ) -> None:
@@ -193,7 +220,7 @@ def test_stop_in_the_browser_keeps_the_partial_answer_and_the_app_answers_on(
     shapes_image.resize((192, 192), Image.NEAREST).save(image)
     short = "What color is the square?"
     with browser_page() as page:
-        textbox = open_chat(page, running_app)
+        textbox = open_chat(page, slow_app)
         tokens = page.get_by_label("number input for Max new tokens")
         tokens.fill("256")
         tokens.press("Enter")
