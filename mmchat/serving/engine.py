@@ -103,8 +103,10 @@ class ChatEngine:
         # the prompt (chat template, tokenizer) to look a picture up took 0.37 of its 1.7 ms.
         # Bounded in bytes: a description's map (16 KB) is 13 times a short answer's (1.3 KB).
         self._attention = LRUBytes(attention_cache_bytes)
-        self._attention_lock = threading.Lock()  # guards _verdicts and _reads
+        self._attention_lock = threading.Lock()  # guards _verdicts, _unjudged and _reads
         self._verdicts: OrderedDict[str, bool] = OrderedDict()  # image key -> the world gate's verdict
+        self._unjudged: dict[str, Image.Image] = {}  # images waiting for a verdict (`_in_world`)
+        self._gate_lock = threading.Lock()  # one thread at a time judges the images waiting
         # source (a path as it is now, or a PIL image) -> (its weak reference, the image read, its key)
         self._reads: OrderedDict[tuple, tuple[Any, Image.Image, str]] = OrderedDict()
 
@@ -188,15 +190,31 @@ class ChatEngine:
 
     def _in_world(self, image: Image.Image, key: str) -> bool:
         """The gate's verdict on an image (whose `_image_key` is `key`), once per image: every turn
-        of a conversation, and its heat-map, ask again, and the pixel statistics cost more than a lookup."""
+        of a conversation, and its heat-map, ask again, and the pixel statistics cost more than a lookup.
+
+        New images are judged together: a thread that needs a verdict leaves its image, then, one
+        thread at a time, judges every image left so far (`images_in_world`), so a burst of new
+        users makes one pass of numpy over all their images rather than one a thread, side by side
+        with the scheduler's forwards."""
         with self._attention_lock:
             verdict = self._verdicts.get(key)
-        if verdict is None:
-            verdict = self.adapter.world_gate.image_in_world(image)
+            if verdict is None:
+                self._unjudged[key] = image
+        if verdict is not None:
+            return verdict
+        with self._gate_lock:
             with self._attention_lock:
-                self._verdicts[key] = verdict
-                while len(self._verdicts) > 4096:
-                    self._verdicts.popitem(last=False)
+                verdict = self._verdicts.get(key)
+                batch, self._unjudged = self._unjudged, {}
+            if batch:
+                if verdict is None:
+                    batch.setdefault(key, image)  # judged by the thread before, then forgotten: again
+                verdicts = dict(zip(batch, self.adapter.world_gate.images_in_world(list(batch.values()))))
+                with self._attention_lock:
+                    self._verdicts.update(verdicts)
+                    while len(self._verdicts) > 4096:
+                        self._verdicts.popitem(last=False)
+                verdict = verdicts.get(key, verdict)
         return verdict
 
     def declined_because(self, image: Any, question: str) -> str | None:

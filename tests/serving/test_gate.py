@@ -4,6 +4,8 @@ answers every question that fits a family (in its v1 template), and the loader f
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from PIL import Image
 
 from mmchat.serving.engine import UNANSWERABLE, ChatEngine, GenerationSettings
 from mmchat.serving.families import Turn
-from mmchat.serving.gate import FEATURES, GATE_FILE, WorldGate, image_features
+from mmchat.serving.gate import FEATURES, GATE_FILE, WorldGate, image_features, images_features
 
 SHORT = GenerationSettings(max_new_tokens=6)
 
@@ -103,6 +105,52 @@ def test_features_are_the_ones_the_gate_was_trained_on(shapes_image, noise_image
     assert {name: image_features(image).tolist() for name, image in images.items()} == TRAINED_FEATURES
 
 
+def test_features_of_many_images_at_once_are_each_ones_alone(shapes_image, noise_image) -> None:
+    wide = Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 90, 3), dtype=np.uint8))
+    images = [shapes_image, noise_image, wide, shapes_image.convert("L"), shapes_image.convert("RGBA"), Image.new("RGB", (64, 64))]
+    together = images_features(images)
+    assert together.shape == (len(images), len(FEATURES))
+    assert together.tobytes() == np.stack([image_features(image) for image in images]).tobytes()  # bit for bit
+
+
+def test_a_burst_of_new_users_images_are_judged_together(gated_checkpoint, shapes_image, noise_image) -> None:
+    """Eight first turns at once, one of them noise: their images are judged in two passes (the
+    first user's, then the seven that came meanwhile), each once; the noise is declined and every
+    other user gets the answer the engine gives them alone."""
+    engine = ChatEngine.from_pretrained(gated_checkpoint, device="cpu")
+    gate = engine.adapter.world_gate
+    judge = gate.images_in_world
+    passes: list[int] = []
+
+    def judged_together(images: list[Image.Image]) -> list[bool]:
+        if not passes:  # the first pass holds on until the other seven are waiting for theirs
+            deadline = time.monotonic() + 10
+            while len(engine._unjudged) < 7 and time.monotonic() < deadline:
+                time.sleep(0.005)
+        passes.append(len(images))
+        return judge(images)
+
+    gate.images_in_world = judged_together
+    images = [noise_image] + [shapes_image.rotate(90 * (i % 4)).resize((64 + i, 64 + i)) for i in range(7)]
+    questions = ["How many objects are there?", "What color is the square?", "Is there a circle?", "count the circles"]
+    asked = [(image, questions[i % len(questions)]) for i, image in enumerate(images)]
+    answers: list[str | None] = [None] * len(asked)
+    threads = [
+        threading.Thread(target=lambda i=i: answers.__setitem__(i, engine.answer(*asked[i], settings=SHORT)))
+        for i in range(len(asked))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert passes == [1, 7]
+    assert answers[0] == UNANSWERABLE and UNANSWERABLE not in answers[1:]
+    alone = ChatEngine.from_pretrained(gated_checkpoint, device="cpu")
+    assert answers[1:] == [alone.answer(image, question, settings=SHORT) for image, question in asked[1:]]
+    engine.close()
+    alone.close()
+
+
 def test_out_of_world_images_and_questions_are_declined(engine, shapes_image, noise_image) -> None:
     assert engine.answer(noise_image, "How many objects are there?", settings=SHORT) == UNANSWERABLE
     for question in ("hello", "What animal is this?", "Write a poem.", "How many cats are there?"):
@@ -114,9 +162,9 @@ def test_an_image_is_judged_once_for_a_whole_conversation(gated_checkpoint, shap
     """Each turn and each heat-map asks the gate again; the image's verdict is computed once, and a
     declined image stays declined."""
     engine = ChatEngine.from_pretrained(gated_checkpoint, device="cpu")
-    judged: list[int] = []
-    judge = engine.adapter.world_gate.image_in_world
-    engine.adapter.world_gate.image_in_world = lambda image: judged.append(1) or judge(image)
+    judged: list[Image.Image] = []
+    judge = engine.adapter.world_gate.images_in_world
+    engine.adapter.world_gate.images_in_world = lambda images: judged.extend(images) or judge(images)
     history: list[Turn] = []
     for question in ("How many objects are there?", "Is there a red square?", "count the circles"):
         answer = engine.answer(shapes_image.copy(), question, history, settings=SHORT)
