@@ -202,14 +202,22 @@ class ChatEngine:
                 self._unjudged[key] = image
         if verdict is not None:
             return verdict
+        gate = self.adapter.world_gate
         with self._gate_lock:
             with self._attention_lock:
                 verdict = self._verdicts.get(key)
                 batch, self._unjudged = self._unjudged, {}
+            if verdict is None:
+                batch.setdefault(key, image)  # judged by a thread before, then forgotten (the bound below): again
             if batch:
-                if verdict is None:
-                    batch.setdefault(key, image)  # judged by the thread before, then forgotten: again
-                verdicts = dict(zip(batch, self.adapter.world_gate.images_in_world(list(batch.values()))))
+                try:
+                    verdicts = dict(zip(batch, gate.images_in_world(list(batch.values()))))
+                except Exception:
+                    if len(batch) == 1:
+                        raise
+                    # A picture the gate cannot read fails the whole pass: then each thread judges
+                    # its own image, so the error reaches that picture's user alone.
+                    verdicts = {} if verdict is not None else {key: gate.image_in_world(image)}
                 with self._attention_lock:
                     self._verdicts.update(verdicts)
                     while len(self._verdicts) > 4096:

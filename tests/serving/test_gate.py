@@ -151,6 +151,45 @@ def test_a_burst_of_new_users_images_are_judged_together(gated_checkpoint, shape
     alone.close()
 
 
+def test_a_picture_the_gate_cannot_read_fails_its_own_user_only(gated_checkpoint, shapes_image) -> None:
+    """Judged together, one bad picture fails the pass; the others are judged again and answered."""
+    engine = ChatEngine.from_pretrained(gated_checkpoint, device="cpu")
+    gate = engine.adapter.world_gate
+    judge = gate.images_in_world
+    bad = shapes_image.resize((77, 77))
+
+    def unreadable(images: list[Image.Image]) -> list[bool]:
+        deadline = time.monotonic() + 10
+        while len(engine._unjudged) < 3 and time.monotonic() < deadline and not judged:  # let them gather
+            time.sleep(0.005)
+        judged.append(len(images))
+        if any(image.size == (77, 77) for image in images):
+            raise ValueError("cannot read this picture")
+        return judge(images)
+
+    judged: list[int] = []
+    gate.images_in_world = unreadable
+    images = [shapes_image.resize((64 + i, 64 + i)) for i in range(3)] + [bad]
+    results: list[object] = [None] * len(images)
+
+    def ask(i: int) -> None:
+        try:
+            results[i] = engine.answer(images[i], "How many objects are there?", settings=SHORT)
+        except ValueError as e:
+            results[i] = e
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(images))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert isinstance(results[3], ValueError)
+    alone = ChatEngine.from_pretrained(gated_checkpoint, device="cpu")
+    assert results[:3] == [alone.answer(image, "How many objects are there?", settings=SHORT) for image in images[:3]]
+    engine.close()
+    alone.close()
+
+
 def test_out_of_world_images_and_questions_are_declined(engine, shapes_image, noise_image) -> None:
     assert engine.answer(noise_image, "How many objects are there?", settings=SHORT) == UNANSWERABLE
     for question in ("hello", "What animal is this?", "Write a poem.", "How many cats are there?"):
