@@ -16,7 +16,7 @@ before to its kind of question as a tree after its prompt (`answer_tree.py`), so
 answer, and the end of its turn, can be chosen in the prefill alone.
 Where a checkpoint carries a second look (`second_look.py`), a newcomer of its question families
 whose first token the prefill chose unsure has it chosen again, in one more forward, over views of
-its image shifted a few pixels.
+its image shifted a few pixels, once the prefill's other rows have their tokens.
 
 mmchat and Llama 3.2 Vision run step by step (`adapter.batched`). BLIP cannot (`adapter.batched`
 False): it is answered on the same thread with its own `generate`, the requests waiting at that
@@ -100,6 +100,18 @@ class _Batch:
     pos: torch.Tensor  # (B,) position id of each row's next token
     images: Any  # the family's batched image state
     next_tokens: torch.Tensor  # (B,) the token each row feeds next
+
+
+@dataclass
+class _Unsure:
+    """A prefill row whose first token waits for its second look: what choosing it later needs."""
+
+    request: Request
+    last: torch.Tensor  # (V,) the first token's logits
+    tree: AnswerTree | None
+    tree_logits: torch.Tensor  # (k, V) the logits at its tree's k nodes
+    end: int  # its prompt's last column among the prefill's kept ones
+    maps: torch.Tensor | None  # (K, N) the maps of the prefill's kept columns, of this row
 
 
 class ForwardCost:
@@ -444,27 +456,26 @@ class Scheduler:
         rows = (running.rows if running else []) + list(requests)
         ends = [K - 1] * R + [K - 1 - k for k in sizes]  # each row's prompt's last column, in the K kept
         last = logits[torch.arange(B), torch.tensor(ends)]
-        if any(r.second_look for r in requests):
-            last = self._look_again(last, rows)
+        # A row whose first token was chosen unsure waits for its second look until every other
+        # row's tokens are handed out: their users read them while the look runs.
+        unsure = self._unsure(last, rows) if any(r.second_look for r in requests) else []
+        waiting = [
+            _Unsure(rows[i], last[i], trees[i - R], logits[i, K - sizes[i - R] :], ends[i],
+                    weights[i] if weights is not None else None)
+            for i in unsure
+        ]
         chosen, at = [], []
         for i, token in enumerate(choose_tokens(last, rows).tolist()):
-            tree = trees[i - R] if i >= R else None
-            if not tree:
-                chosen.append([token])
-                at.append([ends[i]])
+            if i in unsure:
+                chosen.append([])
+                at.append([])
                 continue
-            k = len(tree)
-            tokens, kept = tree.walk(token, logits[i, K - k :].argmax(dim=-1).tolist(), self.eos)
+            tree = trees[i - R] if i >= R else None
+            tokens, at_row, unfed, kept = self._walk(token, tree, logits[i, K - sizes[i - R] :] if tree else None, ends[i])
             chosen.append(tokens)
-            at.append([ends[i]] + [K - k + j for j in kept])
-            fed = set(kept)
-            for j in range(k):  # the nodes the model did not choose were never fed
-                if j not in fed:
-                    mask[i, P + S - k + j] = 0
-            next_pos[i] += len(kept)
-            self.trees += 1
-            self.tree_nodes += k
-            self.tree_answers += tokens[-1] in self.eos
+            at.append(at_row)
+            mask[i, unfed] = 0
+            next_pos[i] += kept
         batch = _Batch(
             rows=rows,
             past=past,
@@ -473,7 +484,93 @@ class Scheduler:
             images=images,
             next_tokens=torch.zeros(B, dtype=torch.long, device=device),
         )
-        return self._advance(batch, chosen, weights, at)
+        batch = self._advance(batch, chosen, weights, at)
+        return self._look_later(batch, waiting) if waiting else batch
+
+    def _walk(
+        self, token: int, tree: AnswerTree | None, tree_logits: torch.Tensor | None, end: int
+    ) -> tuple[list[int], list[int], list[int], int]:
+        """A prefill row's tokens from its first, `token`, on through its tree: (the tokens, the
+        kept column of each one's logits, the mask columns of the nodes never fed (counted from the
+        end), how many nodes were fed). `tree_logits` (k, V): the logits at the tree's k nodes."""
+        if not tree:
+            return [token], [end], [], 0
+        k = len(tree)
+        K = end + 1 + k  # the kept columns: the prompt's last, then the tree's nodes
+        tokens, kept = tree.walk(token, tree_logits.argmax(dim=-1).tolist(), self.eos)
+        self.trees += 1
+        self.tree_nodes += k
+        self.tree_answers += tokens[-1] in self.eos
+        fed = set(kept)
+        unfed = [j - k for j in range(k) if j not in fed]  # the nodes the model did not choose
+        return tokens, [end] + [K - k + j for j in kept], unfed, len(kept)
+
+    def _unsure(self, last: torch.Tensor, rows: list[Request]) -> list[int]:
+        """The rows whose first token the rule asks again: (B, V) first-token logits -> row indices."""
+        rule = self.adapter.second_look
+        if rule is None:  # cleared after the request was queued
+            return []
+        probs = last.float().softmax(dim=-1).amax(dim=-1)
+        return [i for i, r in enumerate(rows) if r.second_look and not r.tokens and float(probs[i]) < rule.below]
+
+    def _look_later(self, batch: _Batch | None, waiting: list[_Unsure]) -> _Batch | None:
+        """The second look of the rows `waiting` still in the batch (not stopped meanwhile), then
+        their tokens handed out as any prefill row's; the other rows get none this round. The others'
+        tokens are out already, so an error here reaches the waiting rows alone (a retry of the whole
+        prefill would answer the others twice)."""
+        at_row = {id(r): i for i, r in enumerate(batch.rows)} if batch is not None else {}
+        waiting = [w for w in waiting if id(w.request) in at_row]
+        if not waiting:
+            return batch
+        requests = [w.request for w in waiting]
+        try:
+            looked = self._look_again(torch.stack([w.last for w in waiting]), requests)
+            B = len(batch.rows)
+            chosen: list[list[int]] = [[] for _ in range(B)]
+            at: list[list[int]] = [[] for _ in range(B)]
+            maps = None
+            if waiting[0].maps is not None:  # (B, K, N): only the waiting rows' are read
+                maps = waiting[0].maps.new_zeros((B, *waiting[0].maps.shape))
+            for w, token in zip(waiting, choose_tokens(looked, requests).tolist()):
+                i = at_row[id(w.request)]
+                chosen[i], at[i], unfed, kept = self._walk(token, w.tree, w.tree_logits if w.tree else None, w.end)
+                batch.mask[i, unfed] = 0
+                batch.pos[i] += kept
+                if maps is not None:
+                    maps[i] = w.maps
+        except Exception as e:
+            logger.exception("second look failed")
+            for request in requests:
+                request.out.put(("error", e))
+            keep = [i for i, r in enumerate(batch.rows) if all(r is not q for q in requests)]
+            return _select(batch, keep, self.adapter, self._slots) if keep else None
+        return self._advance(batch, chosen, maps, at)
+
+    def _look_again(self, last: torch.Tensor, rows: list[Request]) -> torch.Tensor:
+        """(n, V) first-token logits of `rows` -> (n, V) their mean log-probability over each row's
+        image and the rule's views of it (one more forward for all of them, from no cache: their
+        cached keys/values are of the image as it was)."""
+        rule = self.adapter.second_look
+        self.second_looks += len(rows)
+        size = self.adapter.input_size()
+        views = [rule.views(row.image, size) for row in rows]
+        prompts = [row.prompt for row, v in zip(rows, views) for _ in v]
+        device = self.adapter.device
+        B, S = len(prompts), max(len(p) for p in prompts)
+        ids = torch.full((B, S), self.pad, dtype=torch.long, device=device)
+        pos = torch.zeros((B, S), dtype=torch.long, device=device)
+        mask = torch.zeros((B, S), dtype=torch.long, device=device)
+        for j, prompt in enumerate(prompts):  # right-aligned, as in `_prefill`
+            ids[j, S - len(prompt) :] = torch.tensor(prompt)
+            pos[j, S - len(prompt) :] = torch.arange(len(prompt))
+            mask[j, S - len(prompt) :] = 1
+        images = self.adapter.stack_images(self.adapter.encode_images([v for vs in views for v in vs]))
+        seen, _, _ = self.adapter.step(ids, mask, pos, None, images, record=False)
+        looked, start = [], 0
+        for i, vs in enumerate(views):
+            looked.append(mean_log_probs(torch.cat([last[i : i + 1].float(), seen[start : start + len(vs), -1].float()])))
+            start += len(vs)
+        return torch.stack(looked)
 
     def _trees(self, requests: list[Request], suffixes: list[list[int]], running: int) -> list[AnswerTree | None]:
         """Each newcomer's tree of likely answers (`answer_tree.py`), as large as the fitted cost of a
@@ -504,39 +601,6 @@ class Scheduler:
             if gain > best_gain:
                 best, best_gain = trees, gain
         return [t if t else None for t in best]
-
-    def _look_again(self, last: torch.Tensor, rows: list[Request]) -> torch.Tensor:
-        """(B, V) first-token logits -> the same, where a `second_look` row was unsure replaced by
-        the mean log-probability over its image and the rule's views of it (one more forward for
-        all such rows, from no cache: their cached keys/values are of the image as it was)."""
-        rule = self.adapter.second_look
-        if rule is None:  # cleared after the request was queued
-            return last
-        probs = last.float().softmax(dim=-1).amax(dim=-1)
-        unsure = [i for i, r in enumerate(rows) if r.second_look and not r.tokens and float(probs[i]) < rule.below]
-        if not unsure:
-            return last
-        self.second_looks += len(unsure)
-        size = self.adapter.input_size()
-        views = [rule.views(rows[i].image, size) for i in unsure]
-        prompts = [rows[i].prompt for i, v in zip(unsure, views) for _ in v]
-        device = self.adapter.device
-        B, S = len(prompts), max(len(p) for p in prompts)
-        ids = torch.full((B, S), self.pad, dtype=torch.long, device=device)
-        pos = torch.zeros((B, S), dtype=torch.long, device=device)
-        mask = torch.zeros((B, S), dtype=torch.long, device=device)
-        for j, prompt in enumerate(prompts):  # right-aligned, as in `_prefill`
-            ids[j, S - len(prompt) :] = torch.tensor(prompt)
-            pos[j, S - len(prompt) :] = torch.arange(len(prompt))
-            mask[j, S - len(prompt) :] = 1
-        images = self.adapter.stack_images(self.adapter.encode_images([v for vs in views for v in vs]))
-        seen, _, _ = self.adapter.step(ids, mask, pos, None, images, record=False)
-        last = last.float().clone()
-        start = 0
-        for i, vs in zip(unsure, views):
-            last[i] = mean_log_probs(torch.cat([last[i : i + 1], seen[start : start + len(vs), -1].float()]))
-            start += len(vs)
-        return last
 
     def _decode(self, batch: _Batch) -> _Batch | None:
         """One step: each row feeds its next token and, a greedy row, its draft (`drafts.py`) after it;
@@ -655,7 +719,11 @@ class Scheduler:
                     events.append((request, ("end", "stopped")))
                 else:
                     keep.append(i)
-            batch.next_tokens = torch.tensor([tokens[-1] for tokens in chosen], device=batch.next_tokens.device)
+            # A row given no token this round (waiting for a second look, or another's turn) keeps its next.
+            batch.next_tokens = torch.tensor(
+                [tokens[-1] if tokens else t for tokens, t in zip(chosen, batch.next_tokens.tolist())],
+                device=batch.next_tokens.device,
+            )
             if not keep:
                 return None
             return batch if len(keep) == len(batch.rows) else _select(batch, keep, self.adapter, self._slots)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from test_scheduler import picture  # tests/serving is on pytest's sys.path
 
+from mmchat.serving.answer_tree import question_kind
 from mmchat.serving.engine import ChatEngine, GenerationSettings
 from mmchat.serving.second_look import LOOK_FILE, SecondLook
 
@@ -17,13 +18,13 @@ COUNT = "How many objects are there?"
 ONE_TOKEN = GenerationSettings(max_new_tokens=1)
 
 
-def engine_with(tiny_checkpoint: str, tmp_path, rule: SecondLook | None) -> ChatEngine:
+def engine_with(tiny_checkpoint: str, tmp_path, rule: SecondLook | None, **kwargs) -> ChatEngine:
     path = tmp_path / "model"
     shutil.copytree(tiny_checkpoint, path)
     if rule is not None:
         rule.save(path)
     # fp32: the tokens are compared with a hand-run forward's.
-    return ChatEngine.from_pretrained(path, device="cpu", dtype="float32")
+    return ChatEngine.from_pretrained(path, device="cpu", dtype="float32", **kwargs)
 
 
 def log_probs_by_hand(engine: ChatEngine, images: list, question: str) -> torch.Tensor:
@@ -98,3 +99,43 @@ def test_a_sure_answer_or_another_family_is_not_asked_again(tiny_checkpoint, tmp
     assert reply.tokens[0] == first_token_by_hand(engine, [image], question)
     assert engine.scheduler.second_looks == 0 and encoded == [1]
     engine.close()
+
+
+def test_the_others_get_their_first_words_before_a_second_look_runs(tiny_checkpoint, tmp_path) -> None:
+    """In one prefill with unsure counts, the colour questions' first tokens are handed out before the
+    counts' look runs, and every answer, the counts' walked on through their trees of earlier
+    answers after the look, is token for token what each gets alone."""
+    # Inline (no scheduler thread): the test runs the round in which all six are admitted together.
+    engine = engine_with(tiny_checkpoint, tmp_path, SecondLook(("count",), 1.01, 4), threaded=False)
+    # Three tokens: the third comes from a decode step after the tree, at the position the walk left.
+    settings = GenerationSettings(max_new_tokens=3)
+    asked = [(picture(40 + i), COUNT if i % 2 else "What color is the square?") for i in range(6)]
+    alone = [tokens_of(engine.submit(image, question, [], settings)) for image, question in asked]
+    # The random model's answers never end, so no tree would hold them: its first tokens are taught
+    # as whole answers, often enough to be worth drafting, which gives each row a tree whose node is
+    # walked after the look.
+    scheduler = engine.scheduler
+    for (_, question), answer in zip(asked * 10, alone * 10):
+        scheduler.likely.learn(question_kind(question), [answer[0], min(scheduler.eos)])
+    scheduler.release(list(scheduler.images.keys()))
+
+    seen_at_look, trees = [], []
+    look_later = scheduler._look_later
+
+    def watching(batch, waiting):
+        seen_at_look.append([r.request.out.qsize() for r in replies])
+        trees.extend(w.tree is not None for w in waiting)
+        return look_later(batch, waiting)
+
+    scheduler._look_later = watching
+    replies = [engine.submit(image, question, [], settings) for image, question in asked]
+    scheduler.pump()  # one round: all six in one prefill, then the counts' look
+    assert len(seen_at_look) == 1 and any(trees)
+    assert [n > 0 for n in seen_at_look[0]] == [i % 2 == 0 for i in range(6)]  # colours out, counts waiting
+    assert [tokens_of(reply) for reply in replies] == alone
+    engine.close()
+
+
+def tokens_of(reply) -> list[int]:
+    reply.text()
+    return reply.tokens
