@@ -140,8 +140,11 @@ class MMChatAdapter(FamilyAdapter):
                 logits_to_keep=keep,
             )
         weights = None
-        if record:  # (layers, B, nh, keep, N) at the last positions -> (B, keep, N)
-            weights = torch.stack([w[:, :, -keep:] for w in out.cross_attentions]).mean(dim=(0, 2))
+        if record:  # layers x (B, nh, keep, N) at the last positions -> (B, keep, N)
+            # Joined along the heads, one mean over one dimension: a mean over a stack's dimensions 0
+            # and 2 (strided) took 2.5 ms for 15 rows' 12 positions against 0.44, 0.43 against 0.06 ms
+            # for a 16-row decode step, and the same 37 us for one row.
+            weights = torch.cat([w[:, :, -keep:] for w in out.cross_attentions], dim=1).mean(dim=1)
         return out.logits[:, -keep:].float(), from_cache(out.past_key_values), weights
 
     def weight_grids(self, weights: torch.Tensor, image: Image.Image | None = None) -> np.ndarray:
