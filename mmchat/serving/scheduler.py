@@ -16,7 +16,8 @@ before to its kind of question as a tree after its prompt (`answer_tree.py`), so
 answer, and the end of its turn, can be chosen in the prefill alone.
 Where a checkpoint carries a second look (`second_look.py`), a newcomer of its question families
 whose first token the prefill chose unsure has it chosen again, in one more forward, over views of
-its image shifted a few pixels, once the prefill's other rows have their tokens.
+its image shifted a few pixels, once the prefill's other rows have their tokens; where the family
+allows it (`steps_side_by_side`), on a thread of its own while the others go on.
 
 mmchat and Llama 3.2 Vision run step by step (`adapter.batched`). BLIP cannot (`adapter.batched`
 False): it is answered on the same thread with its own `generate`, the requests waiting at that
@@ -40,6 +41,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,6 +116,15 @@ class _Unsure:
     maps: torch.Tensor | None  # (K, N) the maps of the prefill's kept columns, of this row
 
 
+@dataclass
+class _Parked:
+    """Rows whose second look runs on the look thread: apart from the running batch until it ends."""
+
+    batch: _Batch
+    waiting: list[_Unsure]
+    look: Future  # -> (n, V) their mean log-probabilities over their views
+
+
 class ForwardCost:
     """A forward's seconds as `fixed + per_position * positions` (positions: rows x new columns),
     fitted by least squares over the forwards run so far, recent ones weighing most.
@@ -181,6 +192,11 @@ class Scheduler:
         self.likely = LikelyAnswers() if draft_tokens > 0 and adapter.tree_masks else None
         self.trees = self.tree_nodes = self.tree_answers = 0  # rows given a tree, its nodes, answers ended in the prefill
         self.cost = ForwardCost()
+        # Where the family allows it, a second look runs on a thread of its own, beside the steps: its
+        # rows wait apart (`_parked`) and the batch's others go on. Inline, it runs in the step.
+        side = threaded and getattr(adapter, "steps_side_by_side", False)
+        self._looker = ThreadPoolExecutor(1, thread_name_prefix="mmchat-look") if side else None
+        self._parked: list[_Parked] = []
         self._thread: threading.Thread | None = None
         if threaded:
             self._thread = threading.Thread(target=self._loop, name="mmchat-scheduler", daemon=True)
@@ -211,12 +227,18 @@ class Scheduler:
             self._thread.join(timeout=10)
         else:
             self.pump()  # inline: the close is taken now, queued requests get their error
+        if self._looker is not None:
+            self._looker.shutdown(wait=False)
 
     def close_soon(self) -> None:
         self._queue.put(("close", None))
 
     def waiting(self) -> int:
-        return self._queue.qsize() + (len(self._batch.rows) if self._batch else 0)
+        return self._queue.qsize() + self._rows()
+
+    def _rows(self) -> int:
+        """Rows the scheduler holds: the running batch's and those waiting for a second look."""
+        return (len(self._batch.rows) if self._batch else 0) + sum(len(p.batch.rows) for p in self._parked)
 
     def release(self, image_keys: list[str]) -> None:
         """Forget what is cached for these images (a conversation cleared or moved to another image)."""
@@ -237,14 +259,17 @@ class Scheduler:
         newcomers: list[Request] = []
         block = block and self._batch is None
         try:
-            while len(newcomers) + (len(self._batch.rows) if self._batch else 0) < self.max_batch:
+            while len(newcomers) + self._rows() < self.max_batch:
                 kind, item = self._queue.get(block=block and not newcomers)
                 if kind == "close":
-                    for request in newcomers + (self._batch.rows if self._batch else []):
+                    parked = [r for p in self._parked for r in p.batch.rows]
+                    for request in newcomers + (self._batch.rows if self._batch else []) + parked:
                         request.out.put(("error", RuntimeError("The engine was closed.")))
-                    self._batch = None
+                    self._batch, self._parked = None, []
                     return False
-                if kind == "call":
+                if kind == "looked":  # a second look ended: its rows come back below
+                    block = False
+                elif kind == "call":
                     self._run_call(*item)
                 elif not item.cancel.is_set():
                     newcomers.append(item)
@@ -253,6 +278,7 @@ class Scheduler:
         except queue.Empty:
             pass
         try:
+            self._unpark()
             if not self.adapter.batched:
                 for group in self._groups(newcomers):
                     self._generate(group)
@@ -485,7 +511,9 @@ class Scheduler:
             next_tokens=torch.zeros(B, dtype=torch.long, device=device),
         )
         batch = self._advance(batch, chosen, weights, at)
-        return self._look_later(batch, waiting) if waiting else batch
+        if not waiting:
+            return batch
+        return self._park(batch, waiting) if self._looker is not None else self._look_later(batch, waiting)
 
     def _walk(
         self, token: int, tree: AnswerTree | None, tree_logits: torch.Tensor | None, end: int
@@ -514,17 +542,61 @@ class Scheduler:
         return [i for i, r in enumerate(rows) if r.second_look and not r.tokens and float(probs[i]) < rule.below]
 
     def _look_later(self, batch: _Batch | None, waiting: list[_Unsure]) -> _Batch | None:
-        """The second look of the rows `waiting` still in the batch (not stopped meanwhile), then
-        their tokens handed out as any prefill row's; the other rows get none this round. The others'
-        tokens are out already, so an error here reaches the waiting rows alone (a retry of the whole
-        prefill would answer the others twice)."""
-        at_row = {id(r): i for i, r in enumerate(batch.rows)} if batch is not None else {}
-        waiting = [w for w in waiting if id(w.request) in at_row]
+        """Inline: the second look of the rows `waiting` still in the batch (not stopped meanwhile),
+        now, then their tokens handed out; the other rows get none this round."""
+        waiting = _still_in(batch, waiting)
         if not waiting:
             return batch
+        try:
+            looked = self._look_again(torch.stack([w.last for w in waiting]), [w.request for w in waiting])
+        except Exception as e:
+            return self._look_failed(batch, waiting, e)
+        return self._answer_looked(batch, waiting, looked)
+
+    def _park(self, batch: _Batch, waiting: list[_Unsure]) -> _Batch | None:
+        """Take the rows `waiting` still in the batch out of it and start their second look on the
+        look thread; the batch's other rows go on meanwhile, and `_unpark` brings these back."""
+        waiting = _still_in(batch, waiting)
+        if not waiting:
+            return batch
+        try:
+            look = self._looker.submit(self._look_again, torch.stack([w.last for w in waiting]), [w.request for w in waiting])
+        except RuntimeError:  # the look thread is shut down: closing
+            return self._look_later(batch, waiting)
+        look.add_done_callback(lambda _: self._queue.put(("looked", None)))  # wakes an idle scheduler
+        parked = {id(w.request) for w in waiting}
+        apart = [i for i, r in enumerate(batch.rows) if id(r) in parked]
+        rest = [i for i, r in enumerate(batch.rows) if id(r) not in parked]
+        self._parked.append(_Parked(_select(batch, apart, self.adapter), waiting, look))  # images copied out of the slots
+        return _select(batch, rest, self.adapter, self._slots) if rest else None
+
+    def _unpark(self) -> None:
+        """The parked rows whose look has ended: their tokens handed out, those still going back into
+        the running batch."""
+        if not self._parked:
+            return
+        ended, going = [], []
+        for p in self._parked:  # asked once each: a look may end while this runs
+            (ended if p.look.done() else going).append(p)
+        self._parked = going
+        for p in ended:
+            try:
+                looked = p.look.result()
+            except Exception as e:
+                back = self._look_failed(p.batch, p.waiting, e)
+            else:
+                back = self._answer_looked(p.batch, p.waiting, looked)
+            if back is not None:
+                self._batch = back if self._batch is None else self._join(self._batch, back)
+
+    def _answer_looked(self, batch: _Batch, waiting: list[_Unsure], looked: torch.Tensor) -> _Batch | None:
+        """The rows `waiting` (all in `batch`) given their first token from `looked` (n, V), and on
+        through their trees, as any prefill row is; `batch`'s other rows get none this round. Their
+        others' tokens are out already, so an error here reaches these rows alone (a retry of the
+        whole prefill would answer the others twice)."""
         requests = [w.request for w in waiting]
         try:
-            looked = self._look_again(torch.stack([w.last for w in waiting]), requests)
+            at_row = {id(r): i for i, r in enumerate(batch.rows)}
             B = len(batch.rows)
             chosen: list[list[int]] = [[] for _ in range(B)]
             at: list[list[int]] = [[] for _ in range(B)]
@@ -539,18 +611,25 @@ class Scheduler:
                 if maps is not None:
                     maps[i] = w.maps
         except Exception as e:
-            logger.exception("second look failed")
-            for request in requests:
-                request.out.put(("error", e))
-            keep = [i for i, r in enumerate(batch.rows) if all(r is not q for q in requests)]
-            return _select(batch, keep, self.adapter, self._slots) if keep else None
+            return self._look_failed(batch, waiting, e)
         return self._advance(batch, chosen, maps, at)
+
+    def _look_failed(self, batch: _Batch, waiting: list[_Unsure], error: Exception) -> _Batch | None:
+        """The error to the rows `waiting`, which leave `batch`; the batch's other rows go on."""
+        logger.error("second look failed", exc_info=error)
+        failed = {id(w.request) for w in waiting}
+        for w in waiting:
+            w.request.out.put(("error", error))
+        keep = [i for i, r in enumerate(batch.rows) if id(r) not in failed]
+        return _select(batch, keep, self.adapter, self._slots) if keep else None
 
     def _look_again(self, last: torch.Tensor, rows: list[Request]) -> torch.Tensor:
         """(n, V) first-token logits of `rows` -> (n, V) their mean log-probability over each row's
         image and the rule's views of it (one more forward for all of them, from no cache: their
         cached keys/values are of the image as it was)."""
         rule = self.adapter.second_look
+        if rule is None:  # cleared after the rows were found unsure: their own logits alone
+            return last.float().log_softmax(dim=-1)
         self.second_looks += len(rows)
         size = self.adapter.input_size()
         views = [rule.views(row.image, size) for row in rows]
@@ -859,6 +938,12 @@ def choose_tokens(logits: torch.Tensor, rows: list[Request]) -> torch.Tensor:
     scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
     tokens[idx] = torch.multinomial(scores.softmax(dim=-1), 1)[:, 0]
     return tokens
+
+
+def _still_in(batch: _Batch | None, waiting: list[_Unsure]) -> list[_Unsure]:
+    """The rows `waiting` that are still in `batch` (a row stopped meanwhile has left it)."""
+    rows = {id(r) for r in batch.rows} if batch is not None else set()
+    return [w for w in waiting if id(w.request) in rows]
 
 
 def _select(batch: _Batch, keep: list[int], adapter: Any, slots: ImageSlots | None = None) -> _Batch:

@@ -4,6 +4,8 @@ same engine the app and the evaluation CLI use; sure answers and other families 
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from mmchat.serving.second_look import LOOK_FILE, SecondLook
 
 COUNT = "How many objects are there?"
 ONE_TOKEN = GenerationSettings(max_new_tokens=1)
+GREEDY = GenerationSettings(max_new_tokens=6)
 
 
 def engine_with(tiny_checkpoint: str, tmp_path, rule: SecondLook | None, **kwargs) -> ChatEngine:
@@ -139,3 +142,54 @@ def test_the_others_get_their_first_words_before_a_second_look_runs(tiny_checkpo
 def tokens_of(reply) -> list[int]:
     reply.text()
     return reply.tokens
+
+
+def held_look(engine: ChatEngine, fail: bool = False):
+    """The scheduler's look made to wait until the test releases it (5 s at most), and to fail if `fail`."""
+    started, release, released_at = threading.Event(), threading.Event(), []
+    look_again = engine.scheduler._look_again
+
+    def held(last, rows):
+        started.set()
+        release.wait(timeout=5)
+        released_at.append(time.monotonic())
+        if fail:
+            raise RuntimeError("the views could not be read")
+        return look_again(last, rows)
+
+    engine.scheduler._look_again = held
+    return started, release, released_at
+
+
+def test_a_second_look_runs_beside_the_others_answers(tiny_checkpoint, tmp_path) -> None:
+    """While one user's unsure count is looked at again, another user's question is answered (it does
+    not wait for the look); then the count gets the answer the same engine gives it alone."""
+    rule = SecondLook(("count",), 1.01, 4)
+    engine = engine_with(tiny_checkpoint, tmp_path, rule)
+    alone = engine_with(tiny_checkpoint, tmp_path / "alone", rule, threaded=False)
+    started, release, released_at = held_look(engine)
+    count = engine.submit(picture(50), COUNT, [], GREEDY)
+    assert started.wait(timeout=30)
+    colour = engine.submit(picture(51), "What color is the square?", [], GREEDY)
+    colour_tokens = tokens_of(colour)
+    answered_at = time.monotonic()
+    release.set()
+    assert tokens_of(count) == tokens_of(alone.submit(picture(50), COUNT, [], GREEDY))
+    assert answered_at < released_at[0]  # the colour's answer came while the look was held
+    assert colour_tokens == tokens_of(alone.submit(picture(51), "What color is the square?", [], GREEDY))
+    engine.close()
+    alone.close()
+
+
+def test_a_failed_second_look_reaches_its_user_alone(tiny_checkpoint, tmp_path) -> None:
+    engine = engine_with(tiny_checkpoint, tmp_path, SecondLook(("count",), 1.01, 4))
+    started, release, _ = held_look(engine, fail=True)
+    count = engine.submit(picture(52), COUNT, [], GREEDY)
+    assert started.wait(timeout=30)
+    colour = engine.submit(picture(53), "What color is the square?", [], GREEDY)
+    assert colour.text()
+    release.set()
+    with pytest.raises(RuntimeError, match="could not be read"):
+        count.text()
+    assert engine.submit(picture(54), "What color is the square?", [], GREEDY).text()  # the engine goes on
+    engine.close()

@@ -63,6 +63,9 @@ class FamilyAdapter:
     # True: on a CPU with AMX, "auto" loads it in bf16 (`loading.resolve_dtype`); only where that
     # was measured to give the fp32 answers. False: fp32 on every CPU.
     cpu_bf16: ClassVar[bool] = False
+    # True: `encode_images` and `step` keep nothing between calls (no hooks, no model-wide switch), so
+    # the scheduler may run a second look's (`second_look.py`) on a thread of its own beside its steps.
+    steps_side_by_side: ClassVar[bool] = False
     streams_itself: ClassVar[bool] = False
     remote: ClassVar[bool] = False
     default_concurrency: ClassVar[int] = 64

@@ -23,6 +23,7 @@ class MMChatAdapter(FamilyAdapter):
     shows_attention = True
     batched = True
     records_attention = True
+    steps_side_by_side = True  # the maps are recorded into a list of each call's own
     tree_masks = True  # its LM is transformers' own, which takes a 4-D mask as given
     # Trained under bf16 autocast; in bf16 weights the shipped model gave the fp32 answer to all
     # 300 v1 questions and 120 descriptions of the selection sets, and its batches run faster on AMX.
