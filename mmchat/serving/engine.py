@@ -58,7 +58,8 @@ class ChatEngine:
     """Answers questions about images for many users at once with a loaded family adapter.
 
     Every request goes to one scheduler thread that owns the model (`scheduler.Scheduler`): the
-    batched families share forward passes, the others are answered one at a time there. With
+    batched families share forward passes, the others are answered one at a time there (a family
+    whose forwards keep no state between calls may have a second look run beside them). With
     `threaded=False` there is no such thread: the callers' threads run the scheduler's rounds in
     turn while they wait (ZeroGPU hardware lends the GPU only to the caller's `spaces.GPU` call).
     """
@@ -394,7 +395,8 @@ class ChatEngine:
         return answers
 
     def _on_model(self, fn: Any) -> Any:
-        """Run `fn` where the model is owned: between the scheduler's steps, never beside them."""
+        """Run `fn` where the model is owned: between the scheduler's steps, never beside them (only a
+        second look may run beside, for a family whose forwards keep nothing between calls)."""
         return fn() if self.scheduler is None else self.scheduler.call(fn, timeout_s=self.timeout_s)
 
     def _remember(self, reply: Reply) -> None:
