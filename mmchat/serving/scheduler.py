@@ -586,8 +586,14 @@ class Scheduler:
                 back = self._look_failed(p.batch, p.waiting, e)
             else:
                 back = self._answer_looked(p.batch, p.waiting, looked)
-            if back is not None:
+            if back is None:
+                continue
+            try:
                 self._batch = back if self._batch is None else self._join(self._batch, back)
+            except Exception as e:  # their rows are in no batch: the error must reach them here
+                logger.exception("a looked row could not rejoin the batch")
+                for request in back.rows:
+                    request.out.put(("error", e))
 
     def _answer_looked(self, batch: _Batch, waiting: list[_Unsure], looked: torch.Tensor) -> _Batch | None:
         """The rows `waiting` (all in `batch`) given their first token from `looked` (n, V), and on

@@ -193,3 +193,21 @@ def test_a_failed_second_look_reaches_its_user_alone(tiny_checkpoint, tmp_path) 
         count.text()
     assert engine.submit(picture(54), "What color is the square?", [], GREEDY).text()  # the engine goes on
     engine.close()
+
+
+@pytest.mark.parametrize("mode", ["nf4", "int8"])
+def test_a_quantized_models_look_runs_in_the_step(tiny_checkpoint, tmp_path, mode) -> None:
+    """bitsandbytes' layers write to themselves in their forwards, so a quantized model's look runs on
+    the scheduler's thread, not beside it; the unsure count is still looked at and answered."""
+    pytest.importorskip("bitsandbytes")
+    path = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, path)
+    SecondLook(("count",), 1.01, 4).save(path)
+    engine = ChatEngine.from_pretrained(path, device="cpu", quantization=mode)
+    assert not engine.adapter.steps_side_by_side
+    threads = []
+    look_again = engine.scheduler._look_again
+    engine.scheduler._look_again = lambda last, rows: threads.append(threading.current_thread().name) or look_again(last, rows)
+    assert engine.submit(picture(55), COUNT, [], GREEDY).text()
+    assert threads == ["mmchat-scheduler"] and engine.scheduler.second_looks == 1
+    engine.close()

@@ -52,6 +52,10 @@ class MMChatAdapter(FamilyAdapter):
         bf16_on_cpu = model.device.type == "cpu" and model.dtype == torch.bfloat16
         unquantized = getattr(model, "hf_quantizer", None) is None
         self.small_model = None
+        # bitsandbytes' layers write to themselves in their forwards (the 8-bit ones move their
+        # weights into a state of their own on first use, and set the bias's dtype): no forwards
+        # side by side there.
+        self.steps_side_by_side = unquantized
         if bf16_on_cpu and unquantized:
             self.small_model = copy.deepcopy(model).float()
             # oneDNN builds a bf16 kernel per row count: a few, all built now. The layers that read the
