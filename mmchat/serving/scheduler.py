@@ -560,7 +560,7 @@ class Scheduler:
         if not waiting:
             return batch
         try:
-            look = self._looker.submit(self._look_again, torch.stack([w.last for w in waiting]), [w.request for w in waiting])
+            look = self._looker.submit(self._look_beside, torch.stack([w.last for w in waiting]), [w.request for w in waiting])
         except RuntimeError:  # the look thread is shut down: closing
             return self._look_later(batch, waiting)
         look.add_done_callback(lambda _: self._queue.put(("looked", None)))  # wakes an idle scheduler
@@ -569,6 +569,11 @@ class Scheduler:
         rest = [i for i, r in enumerate(batch.rows) if id(r) not in parked]
         self._parked.append(_Parked(_select(batch, apart, self.adapter), waiting, look))  # images copied out of the slots
         return _select(batch, rest, self.adapter, self._slots) if rest else None
+
+    def _look_beside(self, last: torch.Tensor, rows: list[Request]) -> torch.Tensor:
+        """`_look_again` on the look thread, as the scheduler's own thread runs: in inference mode."""
+        with torch.inference_mode():
+            return self._look_again(last, rows)
 
     def _unpark(self) -> None:
         """The parked rows whose look has ended: their tokens handed out, those still going back into
