@@ -111,7 +111,7 @@ class _Unsure:
     request: Request
     last: torch.Tensor  # (V,) the first token's logits
     tree: AnswerTree | None
-    tree_logits: torch.Tensor  # (k, V) the logits at its tree's k nodes
+    tree_logits: torch.Tensor  # (k, V) the logits at its tree's k nodes (k = 0 without a tree)
     end: int  # its prompt's last column among the prefill's kept ones
     maps: torch.Tensor | None  # (K, N) the maps of the prefill's kept columns, of this row
 
@@ -616,7 +616,7 @@ class Scheduler:
                 maps = waiting[0].maps.new_zeros((B, *waiting[0].maps.shape))
             for w, token in zip(waiting, choose_tokens(looked, requests).tolist()):
                 i = at_row[id(w.request)]
-                chosen[i], at[i], unfed, kept = self._walk(token, w.tree, w.tree_logits if w.tree else None, w.end)
+                chosen[i], at[i], unfed, kept = self._walk(token, w.tree, w.tree_logits, w.end)
                 batch.mask[i, unfed] = 0
                 batch.pos[i] += kept
                 if maps is not None:

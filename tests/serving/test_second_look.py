@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from test_scheduler import picture  # tests/serving is on pytest's sys.path
+from test_scheduler import picture, tokens  # tests/serving is on pytest's sys.path
 
 from mmchat.serving.answer_tree import question_kind
 from mmchat.serving.engine import ChatEngine, GenerationSettings
@@ -113,7 +113,7 @@ def test_the_others_get_their_first_words_before_a_second_look_runs(tiny_checkpo
     # Three tokens: the third comes from a decode step after the tree, at the position the walk left.
     settings = GenerationSettings(max_new_tokens=3)
     asked = [(picture(40 + i), COUNT if i % 2 else "What color is the square?") for i in range(6)]
-    alone = [tokens_of(engine.submit(image, question, [], settings)) for image, question in asked]
+    alone = [tokens(engine.submit(image, question, [], settings)) for image, question in asked]
     # The random model's answers never end, so no tree would hold them: its first tokens are taught
     # as whole answers, often enough to be worth drafting, which gives each row a tree whose node is
     # walked after the look.
@@ -135,13 +135,8 @@ def test_the_others_get_their_first_words_before_a_second_look_runs(tiny_checkpo
     scheduler.pump()  # one round: all six in one prefill, then the counts' look
     assert len(seen_at_look) == 1 and any(trees)
     assert [n > 0 for n in seen_at_look[0]] == [i % 2 == 0 for i in range(6)]  # colours out, counts waiting
-    assert [tokens_of(reply) for reply in replies] == alone
+    assert [tokens(reply) for reply in replies] == alone
     engine.close()
-
-
-def tokens_of(reply) -> list[int]:
-    reply.text()
-    return reply.tokens
 
 
 def held_look(engine: ChatEngine, fail: bool = False):
@@ -171,12 +166,12 @@ def test_a_second_look_runs_beside_the_others_answers(tiny_checkpoint, tmp_path)
     count = engine.submit(picture(50), COUNT, [], GREEDY)
     assert started.wait(timeout=30)
     colour = engine.submit(picture(51), "What color is the square?", [], GREEDY)
-    colour_tokens = tokens_of(colour)
+    colour_tokens = tokens(colour)
     answered_at = time.monotonic()
     release.set()
-    assert tokens_of(count) == tokens_of(alone.submit(picture(50), COUNT, [], GREEDY))
+    assert tokens(count) == tokens(alone.submit(picture(50), COUNT, [], GREEDY))
     assert answered_at < released_at[0]  # the colour's answer came while the look was held
-    assert colour_tokens == tokens_of(alone.submit(picture(51), "What color is the square?", [], GREEDY))
+    assert colour_tokens == tokens(alone.submit(picture(51), "What color is the square?", [], GREEDY))
     engine.close()
     alone.close()
 
