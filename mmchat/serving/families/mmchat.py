@@ -23,7 +23,6 @@ class MMChatAdapter(FamilyAdapter):
     shows_attention = True
     batched = True
     records_attention = True
-    steps_side_by_side = True  # the maps are recorded into a list of each call's own
     tree_masks = True  # its LM is transformers' own, which takes a 4-D mask as given
     # Trained under bf16 autocast; in bf16 weights the shipped model gave the fp32 answer to all
     # 300 v1 questions and 120 descriptions of the selection sets, and its batches run faster on AMX.
@@ -52,9 +51,10 @@ class MMChatAdapter(FamilyAdapter):
         bf16_on_cpu = model.device.type == "cpu" and model.dtype == torch.bfloat16
         unquantized = getattr(model, "hf_quantizer", None) is None
         self.small_model = None
-        # bitsandbytes' layers write to themselves in their forwards (the 8-bit ones move their
-        # weights into a state of their own on first use, and set the bias's dtype): no forwards
-        # side by side there.
+        # Its forwards keep nothing between calls (the maps are recorded into a list of each call's
+        # own), but bitsandbytes' layers write to themselves in theirs (the 8-bit ones move their
+        # weights into a state of their own on first use, and set the bias's dtype): side by side
+        # only unquantized.
         self.steps_side_by_side = unquantized
         if bf16_on_cpu and unquantized:
             self.small_model = copy.deepcopy(model).float()
