@@ -373,8 +373,9 @@ def engine_flops_per_answer(engine: ChatEngine, convs: list[tuple[Image.Image, l
 # --------------------------------------------------------------------------- the app
 
 
-def serve(args: list[str], folder: Path) -> tuple[subprocess.Popen, str]:
-    """Run `args PORT` (the last flag takes the port) until it answers over HTTP."""
+def serve(args: list[str], folder: Path, ready: str | None = None) -> tuple[subprocess.Popen, str]:
+    """Run `args PORT` (the last flag takes the port) until it answers over HTTP (and, with `ready`,
+    has printed that line: the app's forwards are traced after it starts serving)."""
     import socket
     import urllib.request
 
@@ -391,9 +392,11 @@ def serve(args: list[str], folder: Path) -> tuple[subprocess.Popen, str]:
             raise RuntimeError(f"{args} exited: {(folder / f'app-{port}.log').read_text()}")
         try:
             with urllib.request.urlopen(url, timeout=2):
-                return process, url
+                if ready is None or ready in (folder / f"app-{port}.log").read_text():
+                    return process, url
         except OSError:
-            time.sleep(0.3)
+            pass
+        time.sleep(0.3)
     process.kill()
     raise RuntimeError(f"{args} did not start")
 
@@ -553,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the engine's speculative draft tokens a row (mmchat.serving.drafts; 0: none)")
     p.add_argument("--describe", type=int, default=16,
                    help="lone descriptions answered with the engine's drafts and without, alternating (0: skip)")
+    p.add_argument("--eager", action="store_true",
+                   help="the engine's and the app's forwards eager, not traced (`ChatEngine.trace`, as the app does by default)")
     p.add_argument("--json", help="write every figure here")
     p.add_argument("--serve-legacy", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -601,6 +606,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("today (batch-1 generate, second-pass heat-map)", n, r))
 
     engine = ChatEngine(adapter, max_batch=max(args.users), draft_tokens=args.draft_tokens)
+    # Counted before tracing: torch's FlopCounterMode does not see inside a traced graph.
+    flops = engine_flops_per_answer(engine, conversations(2, args.turns, seed=99)) if adapter.batched else None
+    if not args.eager:
+        engine.trace()  # as the app does at start-up (there beside its first users), here before any is measured
     engine.answer(convs_all[0][0], convs_all[0][1][0])  # warm-up
     for n in args.users:
         def run(k: int, n: int = n) -> dict[str, Any]:
@@ -662,17 +671,17 @@ def main(argv: list[str] | None = None) -> int:
                 answer = plain
             mixed += before != answer
 
-    flops = engine_flops_per_answer(engine, conversations(2, args.turns, seed=99)) if adapter.batched else None
     peak = matmul_flops_per_s(args.device, adapter.model.dtype)
     engine.close()
 
     app_rows: list[tuple[str, int, dict[str, Any]]] = []
     if args.app:
         app_cmd = [sys.executable, "app.py", "--model", model, "--device", args.device, "--quantization", args.quantization,
-                   "--dtype", args.dtype, "--threads", str(args.threads)]
+                   "--dtype", args.dtype, "--threads", str(args.threads), *(["--eager"] if args.eager else [])]
         legacy_cmd = [sys.executable, __file__, "--model", model, "--device", args.device, "--threads", str(args.threads), "--serve-legacy"]
         for name, cmd in (("app, today", legacy_cmd), ("app", [*app_cmd, "--port"])):
-            process, url = serve(cmd, work)
+            ready = "mmchat: traced" if cmd is not legacy_cmd and not args.eager else None
+            process, url = serve(cmd, work, ready)
             try:
                 # One answer first, as the engine gets: Gradio's first event imports matplotlib's pyplot
                 # (0.4 s) where app.py has not done so at start-up, as today's app does not.

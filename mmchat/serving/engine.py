@@ -5,11 +5,13 @@ It knows nothing of Gradio; the UI, the evaluation CLI and the tests all call it
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
+import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,8 @@ def check_request(image: Any, question: str | None) -> str:
         raise ChatInputError("Please upload an image first, then ask about it.")
     return check_question(question)
 
+
+logger = logging.getLogger(__name__)
 
 READS_KEPT = 32  # images read (`ChatEngine._read`) kept for their next turn: up to 3.8 MB each
 
@@ -116,6 +120,30 @@ class ChatEngine:
         cls, source: str | Path, quantization: str = "auto", device: str = "auto", dtype: str = "auto", **kwargs: Any
     ) -> ChatEngine:
         return cls(load_model(source, quantization=quantization, device=device, dtype=dtype), **kwargs)
+
+    def trace(self, wait: bool = True, done: Callable[[int, int, float], None] | None = None) -> threading.Thread | None:
+        """Run the model's image encodes and forwards through traced graphs where its family can
+        (`FamilyAdapter.trace`; a second or so a graph): now (`wait`), or on a thread of its own while
+        the engine serves, each graph used as soon as it is ready; then `done(kept, tried, seconds)`.
+        Answers are the same either way: a graph is kept only where it gives the eager forward's
+        outputs bit for bit."""
+
+        def run() -> None:
+            start = time.perf_counter()
+            try:
+                kept, tried = self.adapter.trace()
+            except Exception:  # the forwards stay eager: slower, not wrong
+                logger.exception("tracing the forwards failed; they stay eager")
+                kept, tried = 0, 0
+            if done is not None:
+                done(kept, tried, time.perf_counter() - start)
+
+        if wait:
+            run()
+            return None
+        thread = threading.Thread(target=run, name="mmchat-trace", daemon=True)
+        thread.start()
+        return thread
 
     def close(self) -> None:
         """End the scheduler thread (requests still queued get an error)."""

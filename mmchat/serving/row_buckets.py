@@ -37,12 +37,23 @@ def bucket(rows: int) -> int:
     return -(-rows // step) * step
 
 
+def _traced_bucket(rows: torch.Tensor) -> torch.Tensor:
+    """`bucket` in tensor ops, for a trace (`traced.py`), where sizes are 0-dim tensors: a trace
+    keeps these ops, where Python's integer arithmetic would become the traced size's constant.
+    log2 of a power of two is exact in float64, so the floor is the bit length less one."""
+    step = torch.clamp(torch.pow(2.0, torch.floor(torch.log2(rows.to(torch.float64))) - 3), min=16).to(torch.long)
+    return (rows + step - 1) // step * step
+
+
 def _bucketed_linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     shape = x.shape
     rows, features = x.numel() // shape[-1], shape[-1]
-    padded = bucket(rows)
-    if padded == rows:
-        return F.linear(x, module.weight, module.bias)
+    if torch.jit.is_tracing():  # always padded (by none at a bucket's size): a trace keeps one path
+        padded = _traced_bucket(rows)
+    else:
+        padded = bucket(rows)
+        if padded == rows:
+            return F.linear(x, module.weight, module.bias)
     # One copy of the rows and zeros for the padding only (F.pad filled all of it, then copied: a
     # 16-image ViT pass's 2,320 x 512 rows took 340 us against 218 us this way).
     x = x.reshape(rows, features)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,6 +178,44 @@ def test_build_demo_with_a_stub_engine(image_file: str) -> None:
     # Files can come back as dicts (retry resends the saved message): the path is what counts.
     list(demo.fn({"text": "again?", "files": [{"path": image_file}]}, [], *GREEDY.values()))
     assert [call[0] for call in stub.calls] == [image_file, image_file]
+
+
+def test_the_app_traces_its_forwards_while_it_answers_and_its_answers_do_not_change(
+    tiny_checkpoint: str, image_file: str, tmp_path: Path
+) -> None:
+    """`python app.py` traces the model's forwards on a thread of its own once it serves: every graph
+    is kept, it says so in its log, and it answers as the eager engine does, during and after."""
+    from fixtures_app import serve_app
+
+    eager = ChatEngine.from_pretrained(tiny_checkpoint, device="cpu")  # bf16 where the CPU has AMX, as the app
+    settings = GenerationSettings(**GREEDY)
+    questions = ["What color is the small circle?", "How many objects are there?", "Is there a red square?"]
+    expected = [eager.answer(image_file, q, settings=settings) for q in questions]
+    eager.close()
+    log = tmp_path / "app.log"
+    with serve_app(["--model", tiny_checkpoint], tmp_path) as url:
+        client = Client(url, verbose=False)
+        for q, answer in zip(questions, expected):
+            client.reset_session()
+            assert ask(client, q, [image_file])[0] == answer
+        deadline = time.monotonic() + 120
+        while "mmchat: traced" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        line = next(line for line in log.read_text().splitlines() if line.startswith("mmchat: traced"))
+        kept, tried = (int(w) for w in line.split()[2:5:2])
+        assert kept == tried > 0, line
+        for q, answer in zip(questions, expected):
+            client.reset_session()
+            assert ask(client, q, [image_file])[0] == answer
+
+
+def test_eager_is_a_flag_and_an_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = importlib.util.spec_from_file_location("mmchat_app", ROOT / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    assert not app.parse_args([]).eager and app.parse_args(["--eager"]).eager
+    monkeypatch.setenv("MMCHAT_EAGER", "1")
+    assert app.parse_args([]).eager
 
 
 def test_app_exits_2_with_a_one_line_error_when_the_model_is_missing(

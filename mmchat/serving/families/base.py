@@ -157,6 +157,11 @@ class FamilyAdapter:
         """(N,) weights over the image tokens -> the stretched (h, w) grid."""
         return stretch(self.weight_grids(weights[None], image)[0])
 
+    def trace(self) -> tuple[int, int]:
+        """Run the family's forwards through traced graphs from now on, where it can (`traced.py`);
+        a family that cannot keeps its eager forwards. Returns (graphs kept, graphs tried)."""
+        return 0, 0
+
     def encode_images(self, images: list[Image.Image]) -> list[Any]:
         """One state per image, each with a batch dimension of 1: what answering reads of the image,
         computed once and kept for the conversation's follow-ups (`batched` or `keeps_images`)."""

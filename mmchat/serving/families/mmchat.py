@@ -14,7 +14,8 @@ from ...modeling.fusion import CrossAttentionCache
 from ...modeling.modeling_mmchat import MMChatForConditionalGeneration
 from ...modeling.processing_mmchat import MMChatProcessor
 from ..row_buckets import pad_linear_rows
-from .base import KV, FamilyAdapter, Turn, from_cache, to_cache
+from ..traced import KINDS, Encoder, Forwards
+from .base import KV, FamilyAdapter, Turn
 
 
 class MMChatAdapter(FamilyAdapter):
@@ -63,6 +64,23 @@ class MMChatAdapter(FamilyAdapter):
             blocks = model.cross_attention_blocks()
             image_side = [model.vision_model, model.multi_modal_projector, *(b.k_proj for b in blocks), *(b.v_proj for b in blocks)]
             pad_linear_rows(model, skip=image_side)
+        # The model calls, eager until `trace` gives them graphs (traced.py).
+        self._encoder = Encoder(model)
+        self._forwards = {id(m): Forwards(m) for m in (model, self.small_model) if m is not None}
+
+    def trace(self) -> tuple[int, int]:
+        """Run the image encodes and forwards through traced graphs (`traced.py`), each as soon as it
+        is traced (about a second each: 13 for the shipped model in bf16 on this CPU). Only on a CPU,
+        where it was measured, and unquantized: a bitsandbytes layer writes to itself in its forward.
+        Each graph gives the eager call's outputs bit for bit (checked), so answers do not change."""
+        if self.device.type != "cpu" or getattr(self.model, "hf_quantizer", None) is not None:
+            return 0, 0
+        blank = Image.new("RGB", (64, 64), "white")
+        kept = int(self._encoder.trace(self.processor(images=[blank])["pixel_values"].to(self.device)))
+        example = self.encode_images([blank])[0]
+        for forwards in self._forwards.values():
+            kept += forwards.trace(example)
+        return kept, 1 + len(KINDS) * len(self._forwards)
 
     def max_context_tokens(self) -> int | None:
         return getattr(self.model.config.text_config, "max_position_embeddings", None)
@@ -101,11 +119,8 @@ class MMChatAdapter(FamilyAdapter):
             cutting it into images, copied everything twice, 19.3 ms for 15 images against 6.1."""
             return t.to(dtype or t.dtype, memory_format=torch.contiguous_format, copy=True)
 
+        cache = self._encoder(pixel_values)
         with torch.inference_mode():
-            cache = self.model.encode_images(pixel_values)
-            for layer in self.model.decoder_layers():
-                if hasattr(layer, "cross_attn"):
-                    cache.get(layer.layer_idx, layer.cross_attn.project_kv)
             return [
                 CrossAttentionCache(
                     cache.image_states[i : i + 1].clone(),
@@ -131,26 +146,7 @@ class MMChatAdapter(FamilyAdapter):
         B, T = input_ids.shape
         if self.small_model is not None and (B * T <= self.small_forward_positions or (B == 1 and T <= self.small_forward_prompt)):
             model = self.small_model
-        if past and past[0][0].dtype != model.dtype:  # the rows' keys/values came from the other copy
-            past = [(k.to(model.dtype), v.to(model.dtype)) for k, v in past]
-        with torch.inference_mode():
-            out = model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                past_key_values=to_cache(past),
-                cross_attention_cache=images,
-                output_cross_attentions=record,
-                use_cache=True,
-                logits_to_keep=keep,
-            )
-        weights = None
-        if record:  # layers x (B, nh, keep, N) at the last positions -> (B, keep, N)
-            # Joined along the heads, one mean over one dimension: a mean over a stack's dimensions 0
-            # and 2 (strided) took 2.5 ms for 15 rows' 12 positions against 0.44, 0.43 against 0.06 ms
-            # for a 16-row decode step, and the same 37 us for one row.
-            weights = torch.cat([w[:, :, -keep:] for w in out.cross_attentions], dim=1).mean(dim=1)
-        return out.logits[:, -keep:].float(), from_cache(out.past_key_values), weights
+        return self._forwards[id(model)](input_ids, attention_mask, position_ids, past, images, record, keep)
 
     def weight_grids(self, weights: torch.Tensor, image: Image.Image | None = None) -> np.ndarray:
         """(A, N) -> (A, side, side): a square grid of patches (or CNN cells), a ViT's CLS token dropped."""
