@@ -70,7 +70,7 @@ class MMChatAdapter(FamilyAdapter):
 
     def trace(self) -> tuple[int, int]:
         """Run the image encodes and forwards through traced graphs (`traced.py`), each as soon as it
-        is traced (about a second each: 13 for the shipped model in bf16 on this CPU). Only on a CPU,
+        is traced (about a second each, 13 for the shipped model in bf16 on a 2-core CPU). Only on a CPU,
         where it was measured, and unquantized: a bitsandbytes layer writes to itself in its forward.
         Each graph gives the eager call's outputs bit for bit (checked), so answers do not change."""
         if self.device.type != "cpu" or getattr(self.model, "hf_quantizer", None) is not None:
