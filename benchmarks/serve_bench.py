@@ -609,7 +609,9 @@ def main(argv: list[str] | None = None) -> int:
     # Counted before tracing: torch's FlopCounterMode does not see inside a traced graph.
     flops = engine_flops_per_answer(engine, conversations(2, args.turns, seed=99)) if adapter.batched else None
     if not args.eager:
-        engine.trace()  # as the app does at start-up (there beside its first users), here before any is measured
+        # As the app does at start-up (there beside its first users), here before any row is measured;
+        # with the unrecorded forwards too, which the heat-map's cost below answers with.
+        engine.trace(unrecorded=True)
     engine.answer(convs_all[0][0], convs_all[0][1][0])  # warm-up
     for n in args.users:
         def run(k: int, n: int = n) -> dict[str, Any]:

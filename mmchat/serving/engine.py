@@ -121,17 +121,22 @@ class ChatEngine:
     ) -> ChatEngine:
         return cls(load_model(source, quantization=quantization, device=device, dtype=dtype), **kwargs)
 
-    def trace(self, wait: bool = True, done: Callable[[int, int, float], None] | None = None) -> threading.Thread | None:
+    def trace(
+        self, wait: bool = True, done: Callable[[int, int, float], None] | None = None, unrecorded: bool | None = None
+    ) -> threading.Thread | None:
         """Run the model's image encodes and forwards through traced graphs where its family can
         (`FamilyAdapter.trace`; a second or so a graph): now (`wait`), or on a thread of its own while
         the engine serves, each graph used as soon as it is ready; then `done(kept, tried, seconds)`.
         Answers are the same either way: a graph is kept only where it gives the eager forward's
-        outputs bit for bit."""
+        outputs bit for bit. `unrecorded`: also the forwards that record no heat-map (None: where
+        this engine does not record)."""
+        if unrecorded is None:
+            unrecorded = self.scheduler is None or not self.scheduler.record_attention
 
         def run() -> None:
             start = time.perf_counter()
             try:
-                kept, tried = self.adapter.trace()
+                kept, tried = self.adapter.trace(unrecorded)
             except Exception:  # the forwards stay eager: slower, not wrong
                 logger.exception("tracing the forwards failed; they stay eager")
                 kept, tried = 0, 0

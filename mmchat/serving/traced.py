@@ -36,6 +36,8 @@ KINDS: tuple[Kind, ...] = tuple(
     (record, decode, partial) for record in (True, False) for decode in (True, False) for partial in (False, True)
     if not (decode and partial)  # a decode step's one position is all it keeps
 )
+# A second look's prompt (`Scheduler._look_again`): the one kind an engine that records runs unrecorded.
+LOOK: Kind = (False, False, True)
 
 
 def trace_checked(module: nn.Module, example: tuple, checks: Sequence[tuple]) -> Any:
@@ -169,10 +171,10 @@ class Forwards:
         grown = out[2:] if record else out[1:]
         return out[0], [(grown[2 * i], grown[2 * i + 1]) for i in range(self.n_layers)], out[1] if record else None
 
-    def trace(self, example: CrossAttentionCache) -> int:
-        """Give every kind its graph, one after another (each is used as soon as it is ready);
+    def trace(self, example: CrossAttentionCache, kinds: Sequence[Kind] = KINDS) -> int:
+        """Give each of `kinds` its graph, one after another (each is used as soon as it is ready);
         `example`: one image's state (`encode_images`), for the example inputs. How many are kept."""
-        for kind in KINDS:
+        for kind in kinds:
             record, decode, partial = kind
 
             def inputs(B: int, L: int, grow: int) -> tuple[torch.Tensor, ...]:
@@ -180,7 +182,7 @@ class Forwards:
                 return self._example(example, B, T, L, 1 + grow if partial else T)  # noqa: B023
 
             self.graphs[kind] = trace_checked(self.modules[record], inputs(2, 3, 0), [inputs(3, 0, 1), inputs(1, 6, 2)])
-        return sum(graph is not None for graph in self.graphs.values())
+        return sum(self.graphs[kind] is not None for kind in kinds)
 
     def _keys(self, B: int, L: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, kv heads, L, head dim) keys or values: random for an example, none for rows without a cache."""

@@ -10,7 +10,7 @@ from torch import nn
 
 from mmchat.serving.engine import ChatEngine, GenerationSettings, Turn
 from mmchat.serving.row_buckets import _bucketed_linear, _traced_bucket, bucket
-from mmchat.serving.traced import KINDS, trace_checked
+from mmchat.serving.traced import KINDS, LOOK, trace_checked
 
 QUESTIONS = ["What color is the square?", "Is there a circle?", "How many shapes are there?", "Describe the image."]
 GREEDY = GenerationSettings(max_new_tokens=8)
@@ -40,8 +40,10 @@ def test_traced_engine_answers_and_looks_as_the_eager_one(tiny_checkpoint, dtype
     traced = ChatEngine.from_pretrained(tiny_checkpoint, device="cpu", dtype=dtype, threaded=False)
     seen: list[tuple[int, int]] = []
     traced.trace(done=lambda kept, tried, seconds: seen.append((kept, tried)))
-    # bf16 on a CPU keeps an fp32 copy for small forwards: two models' six kinds, and the encoder.
-    tried = 1 + len(KINDS) * (1 + (traced.adapter.small_model is not None))
+    # bf16 on a CPU keeps an fp32 copy for small forwards: each model's recorded kinds and a second
+    # look's unrecorded prompt (this engine records), and the encoder.
+    recorded = [kind for kind in KINDS if kind[0]] + [LOOK]
+    tried = 1 + len(recorded) * (1 + (traced.adapter.small_model is not None))
     assert seen == [(tried, tried)]
     try:
         a, b = conversation_replies(eager), conversation_replies(traced)
@@ -52,6 +54,22 @@ def test_traced_engine_answers_and_looks_as_the_eager_one(tiny_checkpoint, dtype
     finally:
         eager.close()
         traced.close()
+
+
+def test_an_engine_that_records_no_heat_map_traces_those_forwards_too(tiny_checkpoint):
+    engines = [
+        ChatEngine.from_pretrained(tiny_checkpoint, device="cpu", threaded=False, record_attention=False) for _ in range(2)
+    ]
+    seen: list[tuple[int, int]] = []
+    engines[1].trace(done=lambda kept, tried, seconds: seen.append((kept, tried)))
+    tried = 1 + len(KINDS) * (1 + (engines[1].adapter.small_model is not None))
+    try:
+        assert seen == [(tried, tried)]
+        a, b = (conversation_replies(engine) for engine in engines)
+        assert [[ids for ids, _ in user] for user in a] == [[ids for ids, _ in user] for user in b]
+    finally:
+        for engine in engines:
+            engine.close()
 
 
 def test_tracing_beside_serving_changes_no_answer(tiny_checkpoint):

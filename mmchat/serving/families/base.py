@@ -157,9 +157,10 @@ class FamilyAdapter:
         """(N,) weights over the image tokens -> the stretched (h, w) grid."""
         return stretch(self.weight_grids(weights[None], image)[0])
 
-    def trace(self) -> tuple[int, int]:
+    def trace(self, unrecorded: bool = True) -> tuple[int, int]:
         """Run the family's forwards through traced graphs from now on, where it can (`traced.py`);
-        a family that cannot keeps its eager forwards. Returns (graphs kept, graphs tried)."""
+        a family that cannot keeps its eager forwards. `unrecorded` False: those that record no
+        heat-map may stay eager (an engine that records runs few). Returns (graphs kept, graphs tried)."""
         return 0, 0
 
     def encode_images(self, images: list[Image.Image]) -> list[Any]:

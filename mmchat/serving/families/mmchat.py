@@ -14,7 +14,7 @@ from ...modeling.fusion import CrossAttentionCache
 from ...modeling.modeling_mmchat import MMChatForConditionalGeneration
 from ...modeling.processing_mmchat import MMChatProcessor
 from ..row_buckets import pad_linear_rows
-from ..traced import KINDS, Encoder, Forwards
+from ..traced import KINDS, LOOK, Encoder, Forwards
 from .base import KV, FamilyAdapter, Turn
 
 
@@ -68,19 +68,23 @@ class MMChatAdapter(FamilyAdapter):
         self._encoder = Encoder(model)
         self._forwards = {id(m): Forwards(m) for m in (model, self.small_model) if m is not None}
 
-    def trace(self) -> tuple[int, int]:
+    def trace(self, unrecorded: bool = True) -> tuple[int, int]:
         """Run the image encodes and forwards through traced graphs (`traced.py`), each as soon as it
-        is traced (about a second each, 13 for the shipped model in bf16 on a 2-core CPU). Only on a CPU,
-        where it was measured, and unquantized: a bitsandbytes layer writes to itself in its forward.
-        Each graph gives the eager call's outputs bit for bit (checked), so answers do not change."""
+        is traced (about a second each on a 2-core CPU; 9 graphs for the shipped model in bf16, 13
+        with `unrecorded`). Only on a CPU, where it was measured, and unquantized: a bitsandbytes
+        layer writes to itself in its forward. Each graph gives the eager call's outputs bit for bit
+        (checked), so answers do not change. `unrecorded` False: of the forwards that record no
+        heat-map, only a second look's (an engine that records runs no other; each graph holds
+        about 30 MB)."""
         if self.device.type != "cpu" or getattr(self.model, "hf_quantizer", None) is not None:
             return 0, 0
+        kinds = [kind for kind in KINDS if unrecorded or kind[0] or kind == LOOK]
         blank = Image.new("RGB", (64, 64), "white")
         kept = int(self._encoder.trace(self.processor(images=[blank])["pixel_values"].to(self.device)))
         example = self.encode_images([blank])[0]
         for forwards in self._forwards.values():
-            kept += forwards.trace(example)
-        return kept, 1 + len(KINDS) * len(self._forwards)
+            kept += forwards.trace(example, kinds)
+        return kept, 1 + len(kinds) * len(self._forwards)
 
     def max_context_tokens(self) -> int | None:
         return getattr(self.model.config.text_config, "max_position_embeddings", None)
