@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mmchat: cannot start: {e}", file=sys.stderr)
         return 2
     if not args.eager:
-        # 14-15 s for the shipped model on a 2-core CPU: served eagerly meanwhile, each graph
+        # About 13 s for the shipped model on a 2-core CPU: served eagerly meanwhile, each graph
         # used as soon as it is traced.
         engine.trace(wait=False, done=lambda kept, tried, s: print(f"mmchat: traced {kept} of {tried} graphs in {s:.1f} s", flush=True))
     concurrency = args.concurrency or engine.adapter.default_concurrency

@@ -68,8 +68,9 @@ def test_32_concurrent_conversations_get_their_own_answers_and_stop_ends_only_th
             job.cancel()
             while not job.done():
                 time.sleep(0.05)
-            partial = job.outputs()[-1]
-            stopped[u] = (partial if isinstance(partial, str) else str(partial), time.monotonic() - pressed)
+            # A str: the text as it streamed, cut. A list: the finished answer (its text, then its
+            # heat-map), which ended before the Stop crossed the app.
+            stopped[u] = (job.outputs()[-1], time.monotonic() - pressed)
         except BaseException as e:
             errors.append(e)
 
@@ -87,14 +88,23 @@ def test_32_concurrent_conversations_get_their_own_answers_and_stop_ends_only_th
         assert got[u][0] == first, f"user {u}, turn 1"
         if not stops(u):
             assert got[u][1] == engine.answer(files[u], QUESTIONS[1], [Turn(QUESTIONS[0], first)], short), f"user {u}, turn 2"
-    # Stop cut those answers: each is a proper beginning of the answer it would have run to. (Not "under
-    # half of it": the tiny model streams some 500 tokens/s, and a cancel crossing a busy app at times
-    # landed after 230 of 250.)
+    # Stop cut those answers: each is a proper beginning of the answer it would have run to. A cancel
+    # crosses a busy app in 0.9-1.9 s, while the tiny model's traced forwards stream its 250 tokens in
+    # about one (drafts take 4-5 of its repetitive tokens a step), so an answer may end first: then
+    # it is the whole answer, and at least one of the four must have been cut.
     assert sorted(stopped) == [u for u in range(USERS) if stops(u)]
     tokenizer = engine.adapter.tokenizer
+    cut = 0
     for u, (partial, seconds) in stopped.items():
         first = engine.answer(files[u], QUESTIONS[0], [], short)
         full = engine.answer(files[u], QUESTIONS[1], [Turn(QUESTIONS[0], first)], GenerationSettings(**LONG))
-        n_full, n_partial = (len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in (full, partial))
+        n_full = len(tokenizer(full, add_special_tokens=False)["input_ids"])
         assert n_full >= 200, f"user {u}: the long answer ends by itself after {n_full} tokens; the test needs a longer one"
-        assert seconds < 30 and n_partial < n_full and full.startswith(partial), f"user {u} was not stopped: {n_partial} of {n_full} tokens"
+        assert seconds < 30, f"user {u}: the answer went on {seconds:.1f} s after Stop"
+        if not isinstance(partial, str):
+            assert partial[0] == full, f"user {u}: ended before Stop landed, with another answer than its own"
+            continue
+        n_partial = len(tokenizer(partial, add_special_tokens=False)["input_ids"])
+        assert n_partial < n_full and full.startswith(partial), f"user {u} was not stopped: {n_partial} of {n_full} tokens"
+        cut += 1
+    assert cut, "Stop cut none of the four long answers"
