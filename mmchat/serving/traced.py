@@ -82,8 +82,9 @@ class Encoder:
 
     def __call__(self, pixel_values: torch.Tensor) -> CrossAttentionCache:
         """(B, 3, H, W) -> the batch's patches and every fused layer's keys/values."""
+        forward = self.module if self.graph is None else self.graph
         with torch.inference_mode():
-            states, *kv = (self.graph or self.module)(pixel_values)
+            states, *kv = forward(pixel_values)
         return CrossAttentionCache(states, {layer: (kv[2 * j], kv[2 * j + 1]) for j, layer in enumerate(self.layers)})
 
     def trace(self, pixel_values: torch.Tensor) -> bool:
@@ -159,7 +160,9 @@ class Forwards:
         """The last `keep` positions' logits (B, keep, V), the grown keys/values, and where those
         positions looked (B, keep, N), mean over fused layers and heads, when `record`."""
         B, T = input_ids.shape
-        forward = self.graphs.get((record, T == 1, 0 < keep < T)) or self.modules[record]
+        forward = self.graphs.get((record, T == 1, 0 < keep < T))
+        if forward is None:  # not traced (yet), or its graph was not exact
+            forward = self.modules[record]
         if attention_mask.dim() == 2:  # the columns each position sees (itself always: no empty row)
             attention_mask = tree_mask(attention_mask, T, [None] * B)
         if past is None:
