@@ -8,9 +8,11 @@ A graph traced by `torch.jit.trace` runs its ops in C++, the GIL let go for the 
 Tracing records one path through the Python. Where the code branches on a size (a decode step's
 single query packs grouped heads rather than repeating them; a prompt whose map is kept at its
 last positions only attends by SDPA), each branch is a graph of its own, keyed here by what
-decides it. Every graph is traced when the model loads and kept only if, once warm, it gives the
-eager forward's outputs exactly at other sizes than the one it was traced at; a kind of forward
-whose graph does not stays eager.
+decides it. The eager forward is the same module, run eagerly: each kind runs it until `trace`
+(`ChatEngine.trace`; the app calls it on a thread of its own once it serves) gives the kind a
+graph, kept only if, once warm, it gives the module's outputs bit for bit at other sizes than the
+one it was traced at. So answers do not change with tracing; a kind whose graph is not exact
+stays eager.
 
 torch.jit is deprecated in favour of torch.compile and torch.export. Compiling took 34-80 s a shape
 on this CPU with recompiles per new shape (docs/serving-measurements.md), and an exported program
