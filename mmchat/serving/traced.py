@@ -131,8 +131,9 @@ class _Forward(nn.Module):
         grown = [t for kv in from_cache(out.past_key_values) for t in kv]
         if recorder is None:
             return (logits, *grown)
-        # layers x (B, nh, K, N) joined along the heads, one mean: (B, K, N)
-        weights = torch.cat([w[:, :, -K:] for w in recorder], dim=1).mean(dim=1)
+        # layers x (B, nh, K, N) joined along the heads, one mean: (B, K, N). Each layer's map is of
+        # the K positions already (`cross_attentions_keep`; a kind that keeps all has K = T).
+        weights = torch.cat(recorder, dim=1).mean(dim=1)
         return (logits, weights, *grown)
 
 
@@ -148,6 +149,7 @@ class Forwards:
         self.kv_heads = text.num_key_value_heads
         self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         self.n_layers = len(model.decoder_layers())
+        self.device = next(model.parameters()).device
 
     def __call__(
         self,
@@ -192,10 +194,9 @@ class Forwards:
     def _keys(self, B: int, L: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, kv heads, L, head dim) keys or values: random for an example, none for rows without a cache."""
         shape = (B, self.kv_heads, L, self.head_dim)
-        p = next(self.model.parameters())
         if L:
-            return torch.randn(shape, generator=generator).to(p.device, self.model.dtype)
-        return torch.zeros(shape, dtype=self.model.dtype, device=p.device)
+            return torch.randn(shape, generator=generator).to(self.device, self.model.dtype)
+        return torch.zeros(shape, dtype=self.model.dtype, device=self.device)
 
     def _example(self, image: CrossAttentionCache, B: int, T: int, L: int, keep: int) -> tuple[torch.Tensor, ...]:
         """Inputs of a forward of B rows, T new positions after L cached, the last `keep` read."""
