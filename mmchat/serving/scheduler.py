@@ -17,7 +17,9 @@ answer, and the end of its turn, can be chosen in the prefill alone.
 Where a checkpoint carries a second look (`second_look.py`), a newcomer of its question families
 whose first token the prefill chose unsure has it chosen again, in one more forward, over views of
 its image shifted a few pixels, once the prefill's other rows have their tokens; where the family
-allows it (`steps_side_by_side`), on a thread of its own while the others go on.
+allows it (`steps_side_by_side`), on a thread of its own while the others go on. There a
+newcomer's new image is encoded on a thread of its own too (the images queued meanwhile in one
+batch), and the newcomer waits apart until it is ready, the running rows decoding meanwhile.
 
 mmchat and Llama 3.2 Vision run step by step (`adapter.batched`). BLIP cannot (`adapter.batched`
 False): it is answered on the same thread with its own `generate`, the requests waiting at that
@@ -41,7 +43,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +90,8 @@ class Request:
     second_look: bool = False
     # The kind of question (`answer_tree.question_kind`): the answers given to its kind are drafted.
     kind: str | None = None
+    # Its image's state when encoded beside the batch, until its prefill takes it (the cache may not hold it).
+    image_state: Any = None
 
     def emit(self, token: int) -> None:
         self.tokens.append(token)
@@ -197,6 +201,14 @@ class Scheduler:
         side = threaded and getattr(adapter, "steps_side_by_side", False)
         self._looker = ThreadPoolExecutor(1, thread_name_prefix="mmchat-look") if side else None
         self._parked: list[_Parked] = []
+        # There too, new images are encoded on a thread of their own while the batch goes on; their
+        # requests wait in `_awaiting` until their image's state is in the cache.
+        self._encoder = ThreadPoolExecutor(1, thread_name_prefix="mmchat-encode") if side else None
+        self._to_encode: dict[str, Image.Image] = {}  # queued for the encode thread, taken all at once
+        self._encoding: set[str] = set()  # image keys queued or being encoded
+        self._encode_lock = threading.Lock()
+        self._encodes: list[Future] = []  # -> (image keys, their states, or None where it failed)
+        self._awaiting: list[Request] = []
         self._thread: threading.Thread | None = None
         if threaded:
             self._thread = threading.Thread(target=self._loop, name="mmchat-scheduler", daemon=True)
@@ -227,8 +239,9 @@ class Scheduler:
             self._thread.join(timeout=10)
         else:
             self.pump()  # inline: the close is taken now, queued requests get their error
-        if self._looker is not None:
-            self._looker.shutdown(wait=False)
+        for executor in (self._looker, self._encoder):
+            if executor is not None:
+                executor.shutdown(wait=False)
 
     def close_soon(self) -> None:
         self._queue.put(("close", None))
@@ -237,8 +250,9 @@ class Scheduler:
         return self._queue.qsize() + self._rows()
 
     def _rows(self) -> int:
-        """Rows the scheduler holds: the running batch's and those waiting for a second look."""
-        return (len(self._batch.rows) if self._batch else 0) + sum(len(p.batch.rows) for p in self._parked)
+        """Rows the scheduler holds: the running batch's, those waiting for a second look or their image."""
+        running = len(self._batch.rows) if self._batch else 0
+        return running + sum(len(p.batch.rows) for p in self._parked) + len(self._awaiting)
 
     def release(self, image_keys: list[str]) -> None:
         """Forget what is cached for these images (a conversation cleared or moved to another image)."""
@@ -263,11 +277,13 @@ class Scheduler:
                 kind, item = self._queue.get(block=block and not newcomers)
                 if kind == "close":
                     parked = [r for p in self._parked for r in p.batch.rows]
-                    for request in newcomers + (self._batch.rows if self._batch else []) + parked:
+                    for request in newcomers + (self._batch.rows if self._batch else []) + parked + self._awaiting:
                         request.out.put(("error", RuntimeError("The engine was closed.")))
-                    self._batch, self._parked = None, []
+                    self._batch, self._parked, self._awaiting = None, [], []
                     return False
                 if kind == "looked":  # a second look ended: its rows come back below
+                    block = False
+                elif kind == "encoded":  # new images' states: their requests come in below
                     block = False
                 elif kind == "call":
                     self._run_call(*item)
@@ -277,8 +293,12 @@ class Scheduler:
                     item.out.put(("end", "stopped"))
         except queue.Empty:
             pass
+        if self._batch is None and not newcomers and self._rows() >= self.max_batch:
+            # Full, and every row waits on a look or an encode: wait for one (the queue is not read when full).
+            wait([*self._encodes, *(p.look for p in self._parked)], timeout=1.0, return_when=FIRST_COMPLETED)
         try:
             self._unpark()
+            newcomers = self._with_images(newcomers)
             if not self.adapter.batched:
                 for group in self._groups(newcomers):
                     self._generate(group)
@@ -397,6 +417,65 @@ class Scheduler:
         if joined is not None:
             self._batch = joined if self._batch is None else self._join(self._batch, joined)
 
+    def _with_images(self, newcomers: list[Request]) -> list[Request]:
+        """The requests that can be prefilled now: the newcomers and those that waited, whose image
+        state is cached (or, with no encode thread, will be encoded in the prefill). The others wait
+        while their images are encoded on the encode thread, all that are queued in one batch."""
+        if self._encoder is None:
+            return newcomers
+        for done in [f for f in self._encodes if f.done()]:
+            self._encodes.remove(done)
+            self._encoded(*done.result())
+        ready, waiting, missing = [], [], {}
+        for request, new in [(r, False) for r in self._awaiting] + [(r, True) for r in newcomers]:
+            if request.cancel.is_set():
+                request.out.put(("end", "stopped"))
+            elif request.image_key in self._encoding:
+                waiting.append(request)
+            elif new and self.images.get(request.image_key) is None:
+                missing[request.image_key] = request.image
+                waiting.append(request)
+            else:  # encoded meanwhile; or it failed there, and is encoded in the prefill (errors per request)
+                ready.append(request)
+        self._awaiting = waiting
+        if missing:
+            with self._encode_lock:
+                self._to_encode.update(missing)
+            self._encoding.update(missing)
+            try:
+                encode = self._encoder.submit(self._encode_queued)
+            except RuntimeError:  # the encode thread is shut down: closing
+                self._encoding.difference_update(missing)
+            else:
+                encode.add_done_callback(lambda _: self._queue.put(("encoded", None)))  # wakes an idle scheduler
+                self._encodes.append(encode)
+        return ready
+
+    def _encode_queued(self) -> tuple[list[str], list[Any] | None]:
+        """On the encode thread: every image queued so far, in one batch -> (their keys, their states,
+        or None where the encode failed: their requests' prefill encodes them again, and an error
+        there reaches each request alone)."""
+        with self._encode_lock:
+            images, self._to_encode = self._to_encode, {}
+        if not images:  # an earlier call took them
+            return [], None
+        try:
+            with torch.inference_mode():
+                return list(images), self.adapter.encode_images(list(images.values()))
+        except Exception as e:  # noqa: BLE001 (see above)
+            logger.warning("encoding %d images beside the batch failed: %s", len(images), e)
+            return list(images), None
+
+    def _encoded(self, keys: list[str], states: list[Any] | None) -> None:
+        """On the scheduler thread: the encode thread's states to the requests waiting for them, and
+        into the image cache."""
+        self._encoding.difference_update(keys)
+        encoded = dict(zip(keys, states or []))
+        for request in self._awaiting:
+            request.image_state = encoded.get(request.image_key, request.image_state)
+        for key, state in encoded.items():
+            self.images.put(key, state)
+
     def _join(self, running: _Batch, joined: _Batch) -> _Batch:
         """`joined`'s rows after `running`'s; into the running batch's slots when it has them."""
         images = self._slots.append([joined.images]) if self._slots.owns(running.images) else None
@@ -404,7 +483,9 @@ class Scheduler:
 
     def _image_states(self, requests: list[Request]) -> list[Any]:
         """Each request's image state: from the cache, or encoded now (the misses in one batch)."""
-        states = {r.image_key: self.images.get(r.image_key) for r in requests}
+        states = {r.image_key: self.images.get(r.image_key) if r.image_state is None else r.image_state for r in requests}
+        for r in requests:
+            r.image_state = None  # held by the batch from here
         missing = {r.image_key: r.image for r in requests if states[r.image_key] is None}
         if missing:
             encoded = self.adapter.encode_images(list(missing.values()))

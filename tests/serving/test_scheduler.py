@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -326,3 +328,106 @@ def test_inline_engine_runs_every_step_on_its_callers_threads(tiny_checkpoint, e
     assert stepped_on and stepped_on <= {f"caller-{i}" for i in range(6)}
     assert inline.scheduler._thread is None
     inline.close()
+
+
+def _slow_encodes(engine: ChatEngine, slow: list[Image.Image], seconds: float) -> list[str]:
+    """Makes encoding any of the images `slow` take `seconds` longer; returns the names of the
+    threads that encoded them."""
+    encode, threads = engine.adapter.encode_images, []
+    pixels = {image.tobytes() for image in slow}  # the engine hands the adapter copies
+
+    def slowed(images):
+        if any(image.tobytes() in pixels for image in images):
+            threads.append(threading.current_thread().name)
+            time.sleep(seconds)
+        return encode(images)
+
+    engine.adapter.encode_images = slowed
+    return threads
+
+
+def test_a_new_image_is_encoded_beside_the_running_answers(tiny_checkpoint):
+    """A newcomer's image is encoded on a thread of its own: the answers already running go on
+    streaming meanwhile, and the newcomer's answer is the one it gets alone."""
+    long = GenerationSettings(max_new_tokens=200)
+    first_image, later_image = picture(70), picture(71)
+    alone = fresh(tiny_checkpoint, image_cache_bytes=0, prefix_cache_bytes=0)
+    wanted = tokens(alone.submit(later_image, QUESTIONS[2], [], GREEDY))
+    first_alone = tokens(alone.submit(first_image, QUESTIONS[0], [], long))
+    alone.close()
+    assert len(first_alone) > 30  # long enough to be running throughout
+
+    engine = fresh(tiny_checkpoint)
+    encoded_on = _slow_encodes(engine, [later_image], 0.3)
+    first = engine.submit(first_image, QUESTIONS[0], [], long)
+    stream = iter(first)
+    next(stream)
+    before = len(first.tokens)
+    start = time.perf_counter()
+    later = engine.submit(later_image, QUESTIONS[2], [], GREEDY)
+    assert tokens(later) == wanted
+    waited = time.perf_counter() - start
+    for _ in stream:
+        pass
+    assert first.tokens == first_alone
+    assert encoded_on == ["mmchat-encode_0"]
+    assert waited >= 0.3
+    # The first answer was not held up by the encode: it ended before the newcomer's began, or grew through it.
+    assert len(first.tokens) > before
+    engine.close()
+
+
+def test_a_full_engine_whose_rows_all_wait_for_their_images_answers_them(tiny_checkpoint, engine):
+    """More requests with new images than the batch holds: those admitted wait for their encode
+    while the rest wait in the queue, and every one gets its answer (the scheduler does not spin
+    on a full batch that is only waiting)."""
+    images = [picture(80 + i) for i in range(5)]
+    expected = [engine.answer(image, QUESTIONS[i], [], GREEDY) for i, image in enumerate(images)]
+    small = fresh(tiny_checkpoint, max_batch=2, timeout_s=30)
+    _slow_encodes(small, images, 0.4)
+    ticks = Path(f"/proc/self/task/{small.scheduler._thread.native_id}/stat")
+
+    def cpu_s() -> float:  # the scheduler thread's CPU time
+        fields = ticks.read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    before = cpu_s()
+    replies = [small.submit(image, QUESTIONS[i], [], GREEDY) for i, image in enumerate(images)]
+    assert [r.text() for r in replies] == expected
+    assert cpu_s() - before < 0.5  # three waits of 0.4 s for the encodes, spent waiting, not spinning
+    small.close()
+
+
+def test_stop_while_the_image_is_encoded_ends_only_that_request(tiny_checkpoint):
+    engine = fresh(tiny_checkpoint)
+    images = [picture(90), picture(91)]
+    _slow_encodes(engine, images[:1], 0.3)
+    stop = threading.Event()
+    stopped = engine.submit(images[0], QUESTIONS[0], [], GREEDY, stop_event=stop)
+    other = engine.submit(images[1], QUESTIONS[1], [], GREEDY)
+    time.sleep(0.1)
+    stop.set()
+    assert stopped.text() == "" and stopped.finish_reason == "stopped"
+    assert other.text() == engine.answer(images[1], QUESTIONS[1], [], GREEDY)
+    engine.close()
+
+
+def test_an_image_that_fails_to_encode_beside_fails_only_its_request(tiny_checkpoint, engine):
+    """The encode thread encodes the waiting images together; when that batch fails, each image is
+    encoded again in its request's prefill, so the error reaches only the request whose image broke it."""
+    images = [picture(95 + i) for i in range(3)]
+    expected = [engine.answer(image, QUESTIONS[i], [], GREEDY) for i, image in enumerate(images)]
+    broken = fresh(tiny_checkpoint)
+    encode = broken.adapter.encode_images
+
+    def failing(batch):
+        if any(image.tobytes() == images[1].tobytes() for image in batch):
+            raise RuntimeError("this image broke the vision model")
+        return encode(batch)
+
+    broken.adapter.encode_images = failing
+    replies = [broken.submit(image, QUESTIONS[i], [], GREEDY) for i, image in enumerate(images)]
+    assert replies[0].text() == expected[0] and replies[2].text() == expected[2]
+    with pytest.raises(RuntimeError, match="broke the vision model"):
+        replies[1].text()
+    broken.close()
