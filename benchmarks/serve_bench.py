@@ -53,7 +53,7 @@ SETTINGS = GenerationSettings(max_new_tokens=16)
 
 
 def today_dtype(device: str, quantization: str) -> str:
-    """How the app loaded the model before it chose bf16 on AMX CPUs: fp32 on a CPU, else as now."""
+    """How the app loaded the model before it chose bf16 on CPUs with bf16 matmuls: fp32 on a CPU, else as now."""
     return "float32" if device == "cpu" and quantization == "none" else "auto"
 
 

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--quantization", default="auto", choices=QUANTIZATIONS)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="weights' precision; auto: as the app picks it (bf16 on a GPU or an AMX CPU)")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="weights' precision; auto: as the app picks it (bf16 on a GPU or a CPU with bf16 matmuls: AMX, AVX-512 bf16)")
     parser.add_argument("--draft-tokens", type=int, default=4,
                         help="speculative draft tokens a row, as the app (mmchat.serving.drafts); 0: plain decoding")
     parser.add_argument("--no-second-look", action="store_true",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmchat.serving.loading import LoadError, cpu_has_amx_bf16, load_model, resolve_dtype
+from mmchat.serving.loading import LoadError, cpu_multiplies_bf16, load_model, resolve_dtype
 
 
 def logits(adapter, seed: int = 0) -> torch.Tensor:
@@ -42,9 +42,9 @@ def test_auto_picks_the_gpu_in_nf4_or_the_cpu_in_full_precision(full, tiny_check
 
 
 def test_cpu_precision_follows_the_hardware(tiny_checkpoint, full):
-    """bf16 weights where the CPU multiplies bf16 in hardware (AMX), fp32 elsewhere; either on request."""
+    """bf16 weights where the CPU multiplies bf16 in hardware (AMX, AVX-512 bf16), fp32 elsewhere; either on request."""
     auto = load_model(tiny_checkpoint, quantization="none", device="cpu")
-    expected = torch.bfloat16 if cpu_has_amx_bf16() else torch.float32
+    expected = torch.bfloat16 if cpu_multiplies_bf16() else torch.float32
     assert auto.model.dtype == expected and auto.dtype_name == str(expected).removeprefix("torch.")
     assert full.model.dtype == torch.float32
     forced = load_model(tiny_checkpoint, quantization="none", device="cpu", dtype="bfloat16")
@@ -56,12 +56,13 @@ def test_cpu_precision_follows_the_hardware(tiny_checkpoint, full):
     assert resolve_dtype("auto", "cpu", "none", cpu_bf16=False) == torch.float32
 
 
-def test_amx_is_read_from_the_cpu_flags(tmp_path):
-    with_amx, without = tmp_path / "amx", tmp_path / "plain"
-    with_amx.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n")
-    without.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
-    assert cpu_has_amx_bf16(with_amx) and not cpu_has_amx_bf16(without)
-    assert not cpu_has_amx_bf16(tmp_path / "missing")  # not Linux: full precision
+def test_bf16_hardware_is_read_from_the_cpu_flags(tmp_path):
+    flags = {"amx": "fpu avx512f amx_bf16 amx_tile", "zen4": "fpu avx512f avx512_bf16", "plain": "fpu avx2 avx512f"}
+    for name, line in flags.items():
+        (tmp_path / name).write_text(f"processor\t: 0\nflags\t\t: {line}\n")
+    assert cpu_multiplies_bf16(tmp_path / "amx") and cpu_multiplies_bf16(tmp_path / "zen4")
+    assert not cpu_multiplies_bf16(tmp_path / "plain")  # emulated bf16: fp32 is faster
+    assert not cpu_multiplies_bf16(tmp_path / "missing")  # not Linux: full precision
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU, so device='cuda' is valid")
