@@ -54,7 +54,7 @@ from transformers.generation.streamers import BaseStreamer
 from .answer_tree import AnswerTree, LikelyAnswers, grow_tree, tree_mask
 from .cache import LRUBytes, PrefixCache
 from .drafts import AnswerNgrams
-from .families.base import KV
+from .kv import KV
 from .second_look import mean_log_probs
 from .settings import GenerationSettings
 from .slots import ImageSlots

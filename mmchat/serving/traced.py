@@ -31,7 +31,7 @@ from torch import nn
 
 from ..modeling.fusion import CrossAttentionCache
 from .answer_tree import tree_mask
-from .families.base import KV, from_cache, to_cache
+from .kv import KV, from_cache, to_cache
 
 Kind = tuple[bool, bool, bool]  # (recorded, a decode step, its map kept at its last positions only)
 KINDS: tuple[Kind, ...] = tuple(

@@ -10,7 +10,6 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from PIL import Image
-from transformers import DynamicCache
 
 
 @dataclass
@@ -232,20 +231,3 @@ class FamilyAdapter:
 def stretch(grid: np.ndarray) -> np.ndarray:
     """Attention weights to [0, 1]: what matters is where attention is higher than elsewhere."""
     return (grid - grid.min()) / max(float(grid.max() - grid.min()), 1e-12)
-
-
-KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (B, kv heads, L, head dim) keys and values
-
-
-def to_cache(past: KV | None) -> DynamicCache:
-    """Per-layer keys/values as a DynamicCache, without copying them (`update` would concatenate)."""
-    if past is None:
-        return DynamicCache()
-    cache = DynamicCache(ddp_cache_data=[(k[:, :, :0], v[:, :, :0]) for k, v in past])
-    for layer, (k, v) in zip(cache.layers, past):
-        layer.keys, layer.values = k, v
-    return cache
-
-
-def from_cache(cache: DynamicCache) -> KV:
-    return [(layer.keys, layer.values) for layer in cache.layers]

@@ -20,7 +20,8 @@ from transformers import DynamicCache, MllamaForConditionalGeneration, MllamaPro
 from transformers.models.mllama.image_processing_pil_mllama import get_optimal_tiled_canvas
 from transformers.models.mllama.modeling_mllama import _prepare_cross_attention_mask, eager_attention_forward
 
-from .base import KV, FamilyAdapter, Turn, from_cache, stretch, to_cache
+from ..kv import KV, from_cache, to_cache
+from .base import FamilyAdapter, Turn, stretch
 
 # Without a chat template (the base, non-instruct checkpoints) the model card's plain prompt.
 _PLAIN_TURN = "Question: {question}\nAnswer:"

@@ -13,9 +13,10 @@ from PIL import Image
 from ...modeling.fusion import CrossAttentionCache
 from ...modeling.modeling_mmchat import MMChatForConditionalGeneration
 from ...modeling.processing_mmchat import MMChatProcessor
+from ..kv import KV
 from ..row_buckets import pad_linear_rows
 from ..traced import KINDS, LOOK, Encoder, Forwards
-from .base import KV, FamilyAdapter, Turn
+from .base import FamilyAdapter, Turn
 
 
 class MMChatAdapter(FamilyAdapter):
