@@ -202,7 +202,7 @@ class Scheduler:
         self._looker = ThreadPoolExecutor(1, thread_name_prefix="mmchat-look") if side else None
         self._parked: list[_Parked] = []
         # There too, new images are encoded on a thread of their own while the batch goes on; their
-        # requests wait in `_awaiting` until their image's state is in the cache.
+        # requests wait in `_awaiting` until their image is encoded (`Request.image_state`).
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix="mmchat-encode") if side else None
         self._to_encode: dict[str, Image.Image] = {}  # queued for the encode thread, taken all at once
         self._encoding: set[str] = set()  # image keys queued or being encoded
