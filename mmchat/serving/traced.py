@@ -31,7 +31,7 @@ from torch import nn
 
 from ..modeling.fusion import CrossAttentionCache
 from .answer_tree import tree_mask
-from .kv import KV, from_cache, to_cache
+from .kv import KV, from_cache, image_state, image_tensors, to_cache
 
 Kind = tuple[bool, bool, bool]  # (recorded, a decode step, its map kept at its last positions only)
 KINDS: tuple[Kind, ...] = tuple(
@@ -86,8 +86,7 @@ class Encoder:
         """(B, 3, H, W) -> the batch's patches and every fused layer's keys/values."""
         forward = self.module if self.graph is None else self.graph
         with torch.inference_mode():
-            states, *kv = forward(pixel_values)
-        return CrossAttentionCache(states, {layer: (kv[2 * j], kv[2 * j + 1]) for j, layer in enumerate(self.layers)})
+            return image_state(CrossAttentionCache, self.layers, forward(pixel_values))
 
     def trace(self, pixel_values: torch.Tensor) -> bool:
         """`pixel_values`: one image's, for the example inputs. Whether the graph is kept."""
@@ -111,8 +110,7 @@ class _Forward(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         n = self.n_layers
         past = [(tensors[2 * i], tensors[2 * i + 1]) for i in range(n)]
-        image = tensors[2 * n :]
-        images = CrossAttentionCache(image[0], {layer: (image[1 + 2 * j], image[2 + 2 * j]) for j, layer in enumerate(self.layers)})
+        images = image_state(CrossAttentionCache, self.layers, tensors[2 * n :])
         # Sizes, so that a trace keeps them variables (an int would be the traced size's constant).
         T, K = ids.shape[1], keep.shape[0]  # new positions; the last K of them are read
         recorder: list[torch.Tensor] | None = [] if self.record else None
@@ -217,5 +215,4 @@ def _flat(
     ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, past: KV, images: CrossAttentionCache, keep: int
 ) -> tuple[torch.Tensor, ...]:
     """A forward's inputs as `_Forward` takes them: `keep` as the size of a tensor, then the tensors."""
-    image = [images.image_states] + [t for layer in sorted(images.key_values) for t in images.key_values[layer]]
-    return (ids, mask, pos, torch.empty(keep, dtype=torch.bool), *[t for kv in past for t in kv], *image)
+    return (ids, mask, pos, torch.empty(keep, dtype=torch.bool), *[t for kv in past for t in kv], *image_tensors(images))

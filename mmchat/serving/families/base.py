@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..kv import image_state, image_tensors
+
 
 @dataclass
 class Turn:
@@ -129,12 +131,10 @@ class FamilyAdapter:
 
     def image_tensors(self, state: Any) -> list[torch.Tensor]:
         """The state's tensors, batch first, in a fixed order (the scheduler's slots hold them)."""
-        lead = getattr(state, fields(state)[0].name)
-        return [lead] + [t for layer in sorted(state.key_values) for t in state.key_values[layer]]
+        return image_tensors(state)
 
     def images_from_tensors(self, like: Any, tensors: list[torch.Tensor]) -> Any:
-        layers = sorted(like.key_values)
-        return type(like)(tensors[0], {layer: (tensors[1 + 2 * i], tensors[2 + 2 * i]) for i, layer in enumerate(layers)})
+        return image_state(type(like), sorted(like.key_values), tensors)
 
     def select_images(self, state: Any, idx: torch.Tensor) -> Any:
         lead = getattr(state, fields(state)[0].name)
