@@ -281,9 +281,7 @@ class Scheduler:
                         request.out.put(("error", RuntimeError("The engine was closed.")))
                     self._batch, self._parked, self._awaiting = None, [], []
                     return False
-                if kind == "looked":  # a second look ended: its rows come back below
-                    block = False
-                elif kind == "encoded":  # new images' states: their requests come in below
+                if kind in ("looked", "encoded"):  # a second look, or new images' encode, ended: its rows come in below
                     block = False
                 elif kind == "call":
                     self._run_call(*item)
