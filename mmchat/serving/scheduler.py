@@ -17,8 +17,8 @@ answer, and the end of its turn, can be chosen in the prefill alone.
 Where a checkpoint carries a second look (`second_look.py`), a newcomer of its question families
 whose first token the prefill chose unsure has it chosen again, in one more forward, over views of
 its image shifted a few pixels, once the prefill's other rows have their tokens; where the family
-allows it (`steps_side_by_side`), on a thread of its own while the others go on. There a
-newcomer's new image is encoded on a thread of its own too (the images queued meanwhile in one
+allows it (`steps_side_by_side`), on a thread of its own while the others go on. There, on a CPU,
+a newcomer's new image is encoded on a thread of its own too (the images queued meanwhile in one
 batch), and the newcomer waits apart until it is ready, the running rows decoding meanwhile.
 
 mmchat and Llama 3.2 Vision run step by step (`adapter.batched`). BLIP cannot (`adapter.batched`
@@ -201,9 +201,11 @@ class Scheduler:
         side = threaded and getattr(adapter, "steps_side_by_side", False)
         self._looker = ThreadPoolExecutor(1, thread_name_prefix="mmchat-look") if side else None
         self._parked: list[_Parked] = []
-        # There too, new images are encoded on a thread of their own while the batch goes on; their
-        # requests wait in `_awaiting` until their image is encoded (`Request.image_state`).
-        self._encoder = ThreadPoolExecutor(1, thread_name_prefix="mmchat-encode") if side else None
+        # There too, on a CPU (where it was measured: the encode uses the second core), new images are
+        # encoded on a thread of their own while the batch goes on; their requests wait in
+        # `_awaiting` until their image is encoded (`Request.image_state`).
+        beside = side and adapter.device.type == "cpu"
+        self._encoder = ThreadPoolExecutor(1, thread_name_prefix="mmchat-encode") if beside else None
         self._to_encode: dict[str, Image.Image] = {}  # queued for the encode thread, taken all at once
         self._encoding: set[str] = set()  # image keys queued or being encoded
         self._encode_lock = threading.Lock()
