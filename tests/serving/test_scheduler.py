@@ -330,16 +330,17 @@ def test_inline_engine_runs_every_step_on_its_callers_threads(tiny_checkpoint, e
     inline.close()
 
 
-def _slow_encodes(engine: ChatEngine, slow: list[Image.Image], seconds: float) -> list[str]:
+def _slow_encodes(engine: ChatEngine, slow: list[Image.Image], seconds: float, probe=None) -> list:
     """Makes encoding any of the images `slow` take `seconds` longer; returns the names of the
-    threads that encoded them."""
+    threads that encoded them, each with `probe()` read as the wait began and as it ended."""
     encode, threads = engine.adapter.encode_images, []
     pixels = {image.tobytes() for image in slow}  # the engine hands the adapter copies
 
     def slowed(images):
         if any(image.tobytes() in pixels for image in images):
-            threads.append(threading.current_thread().name)
+            before = probe() if probe else None
             time.sleep(seconds)
+            threads.append((threading.current_thread().name, before, probe() if probe else None))
         return encode(images)
 
     engine.adapter.encode_images = slowed
@@ -358,11 +359,17 @@ def test_a_new_image_is_encoded_beside_the_running_answers(tiny_checkpoint):
     assert len(first_alone) > 30  # long enough to be running throughout
 
     engine = fresh(tiny_checkpoint)
-    encoded_on = _slow_encodes(engine, [later_image], 0.3)
+    step = engine.adapter.step
+
+    def slow_step(*args, **kwargs):  # 5 ms a step: the first answer outlasts the newcomer's first tick
+        time.sleep(0.005)
+        return step(*args, **kwargs)
+
+    engine.adapter.step = slow_step
     first = engine.submit(first_image, QUESTIONS[0], [], long)
+    encoded_on = _slow_encodes(engine, [later_image], 0.3, probe=lambda: len(first.request.tokens))
     stream = iter(first)
     next(stream)
-    before = len(first.tokens)
     start = time.perf_counter()
     later = engine.submit(later_image, QUESTIONS[2], [], GREEDY)
     assert tokens(later) == wanted
@@ -370,10 +377,10 @@ def test_a_new_image_is_encoded_beside_the_running_answers(tiny_checkpoint):
     for _ in stream:
         pass
     assert first.tokens == first_alone
-    assert encoded_on == ["mmchat-encode_0"]
     assert waited >= 0.3
-    # The first answer was not held up by the encode: it ended before the newcomer's began, or grew through it.
-    assert len(first.tokens) > before
+    [(thread, before, after)] = encoded_on
+    assert thread == "mmchat-encode_0"
+    assert after > before  # the first answer's rows went on decoding while the newcomer's image was encoded
     engine.close()
 
 
