@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -120,14 +120,8 @@ class FamilyAdapter:
     # (layer -> (k, v), batch first); mmchat's `CrossAttentionCache`, Llama 3.2 Vision's `MllamaImages`
 
     def stack_images(self, states: list[Any]) -> Any:
-        lead = fields(states[0])[0].name
-        return type(states[0])(
-            torch.cat([getattr(s, lead) for s in states]),
-            {
-                layer: (torch.cat([s.key_values[layer][0] for s in states]), torch.cat([s.key_values[layer][1] for s in states]))
-                for layer in states[0].key_values
-            },
-        )
+        tensors = [torch.cat(parts) for parts in zip(*map(image_tensors, states))]
+        return image_state(type(states[0]), sorted(states[0].key_values), tensors)
 
     def image_tensors(self, state: Any) -> list[torch.Tensor]:
         """The state's tensors, batch first, in a fixed order (the scheduler's slots hold them)."""
@@ -137,9 +131,9 @@ class FamilyAdapter:
         return image_state(type(like), sorted(like.key_values), tensors)
 
     def select_images(self, state: Any, idx: torch.Tensor) -> Any:
-        lead = getattr(state, fields(state)[0].name)
-        idx = idx.to(lead.device)
-        return type(state)(lead[idx], {layer: (k[idx], v[idx]) for layer, (k, v) in state.key_values.items()})
+        tensors = image_tensors(state)
+        idx = idx.to(tensors[0].device)
+        return image_state(type(state), sorted(state.key_values), [t[idx] for t in tensors])
 
     def split_images(self, state: Any) -> list[Any]:
         """A batch's state as one state per image, each owning its memory (the image cache keeps them
