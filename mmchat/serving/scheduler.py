@@ -19,7 +19,8 @@ whose first token the prefill chose unsure has it chosen again, in one more forw
 its image shifted a few pixels, once the prefill's other rows have their tokens; where the family
 allows it (`steps_side_by_side`), on a thread of its own while the others go on. There, on a CPU,
 a newcomer's new image is encoded on a thread of its own too (the images queued meanwhile in one
-batch), and the newcomer waits apart until it is ready, the running rows decoding meanwhile.
+batch; a burst of many in two halves, the second on a helper thread), and the newcomer waits apart
+until it is ready, the running rows decoding meanwhile.
 
 mmchat and Llama 3.2 Vision run step by step (`adapter.batched`). BLIP cannot (`adapter.batched`
 False): it is answered on the same thread with its own `generate`, the requests waiting at that
@@ -206,6 +207,11 @@ class Scheduler:
         # `_awaiting` until their image is encoded (`Request.image_state`).
         beside = side and adapter.device.type == "cpu"
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix="mmchat-encode") if beside else None
+        # A burst of at least `split_encode_at` new images (many users arriving at once) is encoded in
+        # two halves side by side, the second on a helper thread: meanwhile the scheduler mostly waits
+        # for them, and one thread left the second core idle (measured in `_encode_queued`).
+        self._encode_helper = ThreadPoolExecutor(1, thread_name_prefix="mmchat-encode-helper") if beside else None
+        self.split_encode_at = 8
         self._to_encode: dict[str, Image.Image] = {}  # queued for the encode thread, taken all at once
         self._encoding: set[str] = set()  # image keys queued or being encoded
         self._encode_lock = threading.Lock()
@@ -241,7 +247,7 @@ class Scheduler:
             self._thread.join(timeout=10)
         else:
             self.pump()  # inline: the close is taken now, queued requests get their error
-        for executor in (self._looker, self._encoder):
+        for executor in (self._looker, self._encoder, self._encode_helper):
             if executor is not None:
                 executor.shutdown(wait=False)
 
@@ -459,12 +465,25 @@ class Scheduler:
             images, self._to_encode = self._to_encode, {}
         if not images:  # an earlier call took them
             return [], None
+        pictures = list(images.values())
         try:
-            with torch.inference_mode():
-                return list(images), self.adapter.encode_images(list(images.values()))
+            if len(pictures) >= max(2, self.split_encode_at):
+                # A burst: half on the helper thread. 32 users arriving at once (16 alternating runs a
+                # side): first turns' p50 321 against 397 ms, p95 of all turns 437 against 502 ms,
+                # 113.4 against 109.2 answers/s; 16 users: 188 against 208, 238 against 251 ms, 102.8
+                # against 101.6 (20 runs). Halves from 4 images on gained nothing at 16 users.
+                half = len(pictures) // 2
+                second = self._encode_helper.submit(self._encode, pictures[half:])
+                first = self._encode(pictures[:half])
+                return list(images), first + second.result()
+            return list(images), self._encode(pictures)
         except Exception as e:  # noqa: BLE001 (see above)
             logger.warning("encoding %d images beside the batch failed: %s", len(images), e)
             return list(images), None
+
+    def _encode(self, images: list[Image.Image]) -> list[Any]:
+        with torch.inference_mode():
+            return self.adapter.encode_images(images)
 
     def _encoded(self, keys: list[str], states: list[Any] | None) -> None:
         """On the scheduler thread: the encode thread's states to the requests waiting for them, and

@@ -405,6 +405,35 @@ def test_a_full_engine_whose_rows_all_wait_for_their_images_answers_them(tiny_ch
     small.close()
 
 
+def test_a_burst_of_new_images_is_encoded_in_two_halves_side_by_side(tiny_checkpoint, engine):
+    """Many users arriving at once: the images queued meanwhile are encoded in two halves at the
+    same time, on the encode thread and its helper, and each user gets the answer given alone."""
+    images = [picture(60 + i) for i in range(7)]
+    expected = [engine.answer(image, QUESTIONS[i % len(QUESTIONS)], [], GREEDY) for i, image in enumerate(images)]
+    burst = fresh(tiny_checkpoint)
+    burst.scheduler.split_encode_at = 4
+    encode, calls = burst.adapter.encode_images, []
+
+    def timed(batch):  # each encode made 0.2 s longer, so that two at once overlap plainly
+        start = time.perf_counter()
+        time.sleep(0.2)
+        states = encode(batch)
+        calls.append((threading.current_thread().name, len(batch), start, time.perf_counter()))
+        return states
+
+    burst.adapter.encode_images = timed
+    # The first image is encoded alone; the six that come meanwhile wait for it, then go together.
+    replies = [burst.submit(images[0], QUESTIONS[0], [], GREEDY)]
+    time.sleep(0.05)
+    replies += [burst.submit(image, QUESTIONS[i % len(QUESTIONS)], [], GREEDY) for i, image in enumerate(images) if i]
+    assert [r.text() for r in replies] == expected
+    halves = sorted((name, n, start, end) for name, n, start, end in calls if n == 3)
+    assert [(name, n) for name, n, _, _ in halves] == [("mmchat-encode-helper_0", 3), ("mmchat-encode_0", 3)]
+    (_, _, start_a, end_a), (_, _, start_b, end_b) = halves
+    assert max(start_a, start_b) < min(end_a, end_b)  # at the same time
+    burst.close()
+
+
 def test_stop_while_the_image_is_encoded_ends_only_that_request(tiny_checkpoint):
     engine = fresh(tiny_checkpoint)
     images = [picture(90), picture(91)]
