@@ -20,6 +20,7 @@ import importlib
 import json
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -231,6 +232,37 @@ def mark_stopped(chat: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
     return chat, chat
 
 
+def remark_stopped(history: list[dict[str, Any]], answer: str | None) -> None:
+    """Mark again, in place, the answer Stop cut short where this turn's history brings it back
+    unmarked: `answer` is that answer as the server last sent it.
+
+    Stop marks the answer the browser shows (`mark_stopped`), but words the server sent just before
+    Stop can reach the browser after the mark, and Gradio then keeps the chat as they left it: the
+    mark gone, and the cut answer given to the model as a whole one. The history's messages are the
+    chat's own (Gradio copies the list, not the messages), so marking here shows in the chat too."""
+    if not answer:
+        return
+    last = next((m for m in reversed(history) if isinstance(m, dict) and m.get("role") == "assistant"), None)
+    if last is None:
+        return
+    content = last.get("content")
+    items = content if isinstance(content, list) else [content]
+    for i in reversed(range(len(items))):
+        item = items[i]
+        text = item if isinstance(item, str) else item.get("text") if isinstance(item, dict) and item.get("type") == "text" else None
+        if text is None:
+            continue
+        if text and not text.endswith(STOPPED) and not text.startswith((NOTICE, INFO)) and answer.startswith(text):
+            marked = f"{text} {STOPPED}"
+            if isinstance(item, dict):
+                item["text"] = marked
+            elif isinstance(content, list):
+                content[i] = marked
+            else:
+                last["content"] = marked
+        return  # the answer's text is the message's last
+
+
 def _overlay_message(
     engine: ChatEngine, image: str, question: str, answer: str, turns: list[Turn], image_format: str
 ) -> dict | None:
@@ -326,6 +358,8 @@ def build_demo(
     """
     examples = load_examples() if examples is None else examples
     defaults = GenerationSettings()
+    # Browser session -> the answer Stop last cut short there, as last sent (`remark_stopped`).
+    stopped: OrderedDict[str, str] = OrderedDict()
 
     def respond(
         message: Any,
@@ -333,12 +367,15 @@ def build_demo(
         max_new_tokens: Any,
         do_sample: Any,
         temperature: Any,
+        request: gr.Request | None = None,
     ) -> Iterator[str | list[Any]]:
         """Answer a question about an image; streams the text, then adds the attention overlay.
 
         Everything a caller sends is checked first (settings, question, image: a fast, shrinking
         decode), so that a refusal costs no generation and never raises a generic error.
         """
+        session = getattr(request, "session_hash", None)
+        remark_stopped(history, stopped.pop(session, None) if session else None)
         try:
             settings = GenerationSettings.from_request(max_new_tokens, do_sample, temperature, MAX_NEW_TOKENS)
             files, text = _message_parts(message)
@@ -356,6 +393,12 @@ def build_demo(
             with closing(engine.stream(image, question, turns, settings)) as stream:
                 for answer in stream:
                     yield answer
+        except GeneratorExit:  # Stop (or the page closed) while answering
+            if session and answer:
+                stopped[session] = answer
+                while len(stopped) > 4096:
+                    stopped.popitem(last=False)
+            raise
         except (ChatInputError, ImageInputError, ServingError) as e:
             # Shown in the chat rather than as an error toast: the user can fix it (or retry) and carry on.
             # A partial answer stays above the notice: nothing the user saw is lost.

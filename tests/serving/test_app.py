@@ -356,6 +356,35 @@ def test_stop_keeps_the_partial_answer_marked_and_out_of_the_history(image_file:
     assert conversation_context(history) == (image_file, [Turn("And now?", "red")])
 
 
+def test_an_answer_stopped_as_its_last_words_arrive_comes_back_marked(engine: ChatEngine, image_file: str) -> None:
+    """Words sent just before Stop can reach the browser after its mark, and Gradio then hands the
+    next turn the answer unmarked. The server remembers what Stop cut short, per browser session:
+    the answer is marked again in the chat and kept out of the model's history."""
+    import gradio as gr
+
+    from mmchat.serving.ui import STOPPED
+
+    demo = build_demo(engine, examples=[])
+    question, follow_up = "What color is the circle?", "How many squares are there?"
+    session = gr.Request(session_hash="browser-1")
+    answering = demo.fn({"text": question, "files": [image_file]}, [], *GREEDY.values(), request=session)
+    next(answering)
+    cut = next(answering)  # the words so far; then Stop
+    answering.close()
+    assert isinstance(cut, str) and cut
+
+    unmarked = [{"role": "user", "content": [{"path": image_file}, question]}, {"role": "assistant", "content": cut}]
+    other = as_ui_history(demo, unmarked)  # another browser's chat, alike: not this session's to mark
+    list(demo.fn({"text": follow_up, "files": []}, other, *GREEDY.values(), request=gr.Request(session_hash="browser-2")))
+    assert not as_ui_history(demo, other)[-1]["content"][-1]["text"].endswith(STOPPED)
+
+    history = as_ui_history(demo, unmarked)
+    reply = list(demo.fn({"text": follow_up, "files": []}, history, *GREEDY.values(), request=session))[-1]
+    assert history[-1]["content"][-1]["text"] == f"{cut} {STOPPED}"  # marked where the chat shows it
+    alone = engine.answer(image_file, follow_up, [], GenerationSettings(**GREEDY))
+    assert reply[0] == alone  # answered as a first question: the cut answer is not a turn
+
+
 def test_notes_follow_the_answer_and_stay_out_of_the_history(engine: ChatEngine, tmp_path: Path) -> None:
     frames = [Image.new("RGB", (48, 48), c) for c in ((200, 30, 30), (30, 30, 200))]
     path = tmp_path / "anim.gif"
