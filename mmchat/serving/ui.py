@@ -240,27 +240,13 @@ def remark_stopped(history: list[dict[str, Any]], answer: str | None) -> None:
     Stop can reach the browser after the mark, and Gradio then keeps the chat as they left it: the
     mark gone, and the cut answer given to the model as a whole one. The history's messages are the
     chat's own (Gradio copies the list, not the messages), so marking here shows in the chat too."""
-    if not answer:
+    last = history[-1] if history else None
+    if not answer or not isinstance(last, dict) or last.get("role") != "assistant":
         return
-    last = next((m for m in reversed(history) if isinstance(m, dict) and m.get("role") == "assistant"), None)
-    if last is None:
-        return
-    content = last.get("content")
-    items = content if isinstance(content, list) else [content]
-    for i in reversed(range(len(items))):
-        item = items[i]
-        text = item if isinstance(item, str) else item.get("text") if isinstance(item, dict) and item.get("type") == "text" else None
-        if text is None:
-            continue
-        if text and not text.endswith(STOPPED) and not text.startswith((NOTICE, INFO)) and answer.startswith(text):
-            marked = f"{text} {STOPPED}"
-            if isinstance(item, dict):
-                item["text"] = marked
-            elif isinstance(content, list):
-                content[i] = marked
-            else:
-                last["content"] = marked
-        return  # the answer's text is the message's last
+    texts = [v for kind, v in _items(last.get("content")) if kind == "text"]
+    text = texts[-1] if texts else ""
+    if text and answer.startswith(text):  # so neither marked already, nor a notice
+        last["content"] = f"{text} {STOPPED}"
 
 
 def _overlay_message(
