@@ -353,15 +353,12 @@ def build_demo(
         max_new_tokens: Any,
         do_sample: Any,
         temperature: Any,
-        request: gr.Request | None = None,
     ) -> Iterator[str | list[Any]]:
         """Answer a question about an image; streams the text, then adds the attention overlay.
 
         Everything a caller sends is checked first (settings, question, image: a fast, shrinking
         decode), so that a refusal costs no generation and never raises a generic error.
         """
-        session = getattr(request, "session_hash", None)
-        remark_stopped(history, stopped.pop(session, None) if session else None)
         try:
             settings = GenerationSettings.from_request(max_new_tokens, do_sample, temperature, MAX_NEW_TOKENS)
             files, text = _message_parts(message)
@@ -379,12 +376,6 @@ def build_demo(
             with closing(engine.stream(image, question, turns, settings)) as stream:
                 for answer in stream:
                     yield answer
-        except GeneratorExit:  # Stop (or the page closed) while answering
-            if session and answer:
-                stopped[session] = answer
-                while len(stopped) > 4096:
-                    stopped.popitem(last=False)
-            raise
         except (ChatInputError, ImageInputError, ServingError) as e:
             # Shown in the chat rather than as an error toast: the user can fix it (or retry) and carry on.
             # A partial answer stays above the notice: nothing the user saw is lost.
@@ -408,7 +399,31 @@ def build_demo(
         yield [answer, *([overlay] if overlay else []), *(f"{INFO} {note}" for note in notes)]
 
     # All GPU work of a turn (generation and the attention picture) happens inside `respond`.
-    respond = on_gpu(respond)
+    answer_on_gpu = on_gpu(respond)
+
+    def chat(
+        message: Any,
+        history: list[dict[str, Any]],
+        max_new_tokens: Any,
+        do_sample: Any,
+        temperature: Any,
+        request: gr.Request | None = None,
+    ) -> Iterator[str | list[Any]]:
+        """`respond`, remembering per browser session the answer Stop cuts short (`remark_stopped`).
+        Apart from the GPU call: the request stays in this process."""
+        session = getattr(request, "session_hash", None)
+        remark_stopped(history, stopped.pop(session, None) if session else None)
+        sent: Any = None
+        try:
+            with closing(answer_on_gpu(message, history, max_new_tokens, do_sample, temperature)) as replies:
+                for sent in replies:
+                    yield sent
+        except GeneratorExit:  # Stop (or the page closed) while the answer streamed
+            if session and isinstance(sent, str) and sent:  # a list: the answer had ended
+                stopped[session] = sent
+                while len(stopped) > 4096:
+                    stopped.popitem(last=False)
+            raise
 
     textbox = lenient_textbox(
         # Named as well as "image": some pickers do not count HEIC/AVIF as images.
@@ -431,7 +446,7 @@ def build_demo(
         setting_slider(0.05, 2.0, value=defaults.temperature, step=0.05, label="Temperature", info="Used when sampling."),
     ]
     demo = gr.ChatInterface(
-        respond,
+        chat,
         multimodal=True,
         chatbot=chatbot,
         textbox=textbox,
