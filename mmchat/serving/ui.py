@@ -217,24 +217,30 @@ def _hit_token_limit(engine: ChatEngine, answer: str, settings: GenerationSettin
     return len(tokenizer(answer, add_special_tokens=False)["input_ids"]) >= settings.max_new_tokens
 
 
-def mark_stopped(chat: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The chat with its last, stopped answer marked: the partial text and STOPPED, never an empty bubble."""
+def mark_stopped(
+    chat: list[dict[str, Any]], sent: str | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The chat with its last, stopped answer marked: the partial text and STOPPED, never an empty
+    bubble. `sent`: the answer as the server last sent it, which can be ahead of the browser's (its
+    last words still on their way); shown instead where it goes on from what the browser has."""
     chat = list(chat or [])
     last = chat[-1] if chat else None
     if last is None or last.get("role") != "assistant":
-        chat.append({"role": "assistant", "content": STOPPED})
+        chat.append({"role": "assistant", "content": f"{sent or ''} {STOPPED}".strip()})
         return chat, chat
     texts = [v for kind, v in _items(last.get("content")) if kind == "text"]
     text = texts[-1] if texts else ""
     if text.startswith((NOTICE, INFO)) or text.endswith(STOPPED):
         return chat, chat  # the answer had ended (or was marked) before Stop arrived
+    if sent and sent.startswith(text):
+        text = sent
     chat[-1] = {**last, "content": f"{text} {STOPPED}".strip()}
     return chat, chat
 
 
 def remark_stopped(history: list[dict[str, Any]], answer: str | None) -> None:
     """Mark again, in place, the answer Stop cut short where this turn's history brings it back
-    unmarked: `answer` is that answer as the server last sent it.
+    unmarked (whole or in part): `answer` is that answer as the server last sent it.
 
     Stop marks the answer the browser shows (`mark_stopped`), but words the server sent just before
     Stop can reach the browser after the mark, and Gradio then keeps the chat as they left it: the
@@ -246,7 +252,7 @@ def remark_stopped(history: list[dict[str, Any]], answer: str | None) -> None:
     texts = [v for kind, v in _items(last.get("content")) if kind == "text"]
     text = texts[-1] if texts else ""
     if text and answer.startswith(text):  # so neither marked already, nor a notice
-        last["content"] = f"{text} {STOPPED}"
+        last["content"] = f"{answer} {STOPPED}"  # as far as it was sent, as Stop showed it
 
 
 def _overlay_message(
@@ -344,8 +350,16 @@ def build_demo(
     """
     examples = load_examples() if examples is None else examples
     defaults = GenerationSettings()
-    # Browser session -> the answer Stop last cut short there, as last sent (`remark_stopped`).
+    # Browser session -> the answer streaming there, as last sent (`mark_stopped`), and the answer
+    # Stop last cut short there (`remark_stopped`).
+    streaming: OrderedDict[str, str] = OrderedDict()
     stopped: OrderedDict[str, str] = OrderedDict()
+
+    def keep(store: OrderedDict[str, str], session: str, text: str) -> None:
+        store[session] = text
+        store.move_to_end(session)
+        while len(store) > 4096:  # sessions whose page closed mid-answer
+            store.popitem(last=False)
 
     def respond(
         message: Any,
@@ -413,17 +427,25 @@ def build_demo(
         Apart from the GPU call: the request stays in this process."""
         session = getattr(request, "session_hash", None)
         remark_stopped(history, stopped.pop(session, None) if session else None)
+        streaming.pop(session, None)
         sent: Any = None
         try:
             with closing(answer_on_gpu(message, history, max_new_tokens, do_sample, temperature)) as replies:
                 for sent in replies:
+                    if session and isinstance(sent, str):  # a list: the answer has ended
+                        keep(streaming, session, sent)
+                    else:
+                        streaming.pop(session, None)
                     yield sent
         except GeneratorExit:  # Stop (or the page closed) while the answer streamed
-            if session and isinstance(sent, str) and sent:  # a list: the answer had ended
-                stopped[session] = sent
-                while len(stopped) > 4096:
-                    stopped.popitem(last=False)
+            if session and isinstance(sent, str) and sent:
+                keep(stopped, session, sent)
             raise
+
+    def stop(chat_shown: list[dict[str, Any]], request: gr.Request | None = None) -> tuple[list, list]:
+        """Stop pressed: the answer marked as far as the server had sent it (`mark_stopped`)."""
+        session = getattr(request, "session_hash", None)
+        return mark_stopped(chat_shown, streaming.get(session) if session else None)
 
     textbox = lenient_textbox(
         # Named as well as "image": some pickers do not count HEIC/AVIF as images.
@@ -474,5 +496,5 @@ def build_demo(
     demo.saved_conversations.secret = "mmchat-saved-conversations"
     with demo:
         # Stop cancels the answer; the mark says why it is short (and keeps it out of the history).
-        demo.textbox.stop(mark_stopped, [demo.chatbot], [demo.chatbot, demo.chatbot_state], queue=False)
+        demo.textbox.stop(stop, [demo.chatbot], [demo.chatbot, demo.chatbot_state], queue=False)
     return demo

@@ -351,6 +351,13 @@ def test_stop_keeps_the_partial_answer_marked_and_out_of_the_history(image_file:
     # Stop pressed after the answer ended (its note already shown): nothing changes.
     done = [*asked, {"role": "assistant", "content": "blue"}, {"role": "assistant", "content": "ℹ️ note"}]
     assert mark_stopped(done)[0] == done
+    # The server had sent more than the browser showed: marked as far as the server had sent it;
+    # never text that does not go on from the browser's (another answer's).
+    assert mark_stopped([*asked, {"role": "assistant", "content": "blu"}], sent="blue ci")[0][-1]["content"] == (
+        f"blue ci {STOPPED}"
+    )
+    assert mark_stopped([*asked, {"role": "assistant", "content": "blu"}], sent="red")[0][-1]["content"] == f"blu {STOPPED}"
+    assert mark_stopped(asked, sent="bl")[0][-1] == {"role": "assistant", "content": f"bl {STOPPED}"}
     # A stopped answer is not handed to the model as a turn; the next complete one is.
     history = [*chat, {"role": "user", "content": "And now?"}, {"role": "assistant", "content": "red"}]
     assert conversation_context(history) == (image_file, [Turn("And now?", "red")])
@@ -378,7 +385,9 @@ def test_an_answer_stopped_as_its_last_words_arrive_comes_back_marked(engine: Ch
     list(demo.fn({"text": follow_up, "files": []}, other, *GREEDY.values(), request=gr.Request(session_hash="browser-2")))
     assert conversation_context(other)[1] == [Turn(question, cut)]  # left as it came
 
-    history = as_ui_history(demo, unmarked)
+    # The browser's copy may also lag behind what was sent: marked as far as it was sent.
+    behind = [unmarked[0], {"role": "assistant", "content": cut[:-1]}] if len(cut) > 1 else unmarked
+    history = as_ui_history(demo, behind)
     reply = list(demo.fn({"text": follow_up, "files": []}, history, *GREEDY.values(), request=session))[-1]
     assert history[-1]["content"] == f"{cut} {STOPPED}"  # marked where the chat shows it
     alone = engine.answer(image_file, follow_up, [], GenerationSettings(**GREEDY))
