@@ -423,8 +423,8 @@ def build_demo(
         temperature: Any,
         request: gr.Request | None = None,
     ) -> Iterator[str | list[Any]]:
-        """`respond`, remembering per browser session the answer Stop cuts short (`remark_stopped`).
-        Apart from the GPU call: the request stays in this process."""
+        """`respond`, keeping per browser session the answer as it streams and the one Stop cuts
+        short (`mark_stopped`, `remark_stopped`). Apart from the GPU call: the request stays here."""
         session = getattr(request, "session_hash", None)
         remark_stopped(history, stopped.pop(session, None) if session else None)
         streaming.pop(session, None)
