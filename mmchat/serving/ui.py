@@ -217,6 +217,12 @@ def _hit_token_limit(engine: ChatEngine, answer: str, settings: GenerationSettin
     return len(tokenizer(answer, add_special_tokens=False)["input_ids"]) >= settings.max_new_tokens
 
 
+def _last_text(message: dict[str, Any]) -> str:
+    """A message's last piece of text ("" if it has none)."""
+    texts = [v for kind, v in _items(message.get("content")) if kind == "text"]
+    return texts[-1] if texts else ""
+
+
 def mark_stopped(
     chat: list[dict[str, Any]], sent: str | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -228,8 +234,7 @@ def mark_stopped(
     if last is None or last.get("role") != "assistant":
         chat.append({"role": "assistant", "content": f"{sent or ''} {STOPPED}".strip()})
         return chat, chat
-    texts = [v for kind, v in _items(last.get("content")) if kind == "text"]
-    text = texts[-1] if texts else ""
+    text = _last_text(last)
     if text.startswith((NOTICE, INFO)) or text.endswith(STOPPED):
         return chat, chat  # the answer had ended (or was marked) before Stop arrived
     if sent and sent.startswith(text):
@@ -249,8 +254,7 @@ def remark_stopped(history: list[dict[str, Any]], answer: str | None) -> None:
     last = history[-1] if history else None
     if not answer or not isinstance(last, dict) or last.get("role") != "assistant":
         return
-    texts = [v for kind, v in _items(last.get("content")) if kind == "text"]
-    text = texts[-1] if texts else ""
+    text = _last_text(last)
     if text and answer.startswith(text):  # so neither marked already, nor a notice
         last["content"] = f"{answer} {STOPPED}"  # as far as it was sent, as Stop showed it
 
@@ -350,16 +354,9 @@ def build_demo(
     """
     examples = load_examples() if examples is None else examples
     defaults = GenerationSettings()
-    # Browser session -> the answer streaming there, as last sent (`mark_stopped`), and the answer
-    # Stop last cut short there (`remark_stopped`).
+    # Browser session -> the answer streaming there, as last sent (`mark_stopped`); an answer that
+    # ends is taken out, so one left behind is the answer Stop cut short (`remark_stopped`).
     streaming: OrderedDict[str, str] = OrderedDict()
-    stopped: OrderedDict[str, str] = OrderedDict()
-
-    def keep(store: OrderedDict[str, str], session: str, text: str) -> None:
-        store[session] = text
-        store.move_to_end(session)
-        while len(store) > 4096:  # sessions whose page closed mid-answer
-            store.popitem(last=False)
 
     def respond(
         message: Any,
@@ -423,23 +420,24 @@ def build_demo(
         temperature: Any,
         request: gr.Request | None = None,
     ) -> Iterator[str | list[Any]]:
-        """`respond`, keeping per browser session the answer as it streams and the one Stop cuts
-        short (`mark_stopped`, `remark_stopped`). Apart from the GPU call: the request stays here."""
+        """`respond`, keeping per browser session the answer as it streams, which Stop (or a closed
+        page) leaves behind (`mark_stopped`, `remark_stopped`). Apart from the GPU call: the request
+        stays here."""
         session = getattr(request, "session_hash", None)
-        remark_stopped(history, stopped.pop(session, None) if session else None)
-        streaming.pop(session, None)
-        sent: Any = None
+        remark_stopped(history, streaming.pop(session, None) if session else None)
         try:
             with closing(answer_on_gpu(message, history, max_new_tokens, do_sample, temperature)) as replies:
                 for sent in replies:
-                    if session and isinstance(sent, str):  # a list: the answer has ended
-                        keep(streaming, session, sent)
-                    else:
+                    if session and isinstance(sent, str):
+                        streaming[session] = sent
+                        streaming.move_to_end(session)
+                        while len(streaming) > 4096:  # sessions whose page closed mid-answer
+                            streaming.popitem(last=False)
+                    else:  # a list: the answer has ended
                         streaming.pop(session, None)
                     yield sent
-        except GeneratorExit:  # Stop (or the page closed) while the answer streamed
-            if session and isinstance(sent, str) and sent:
-                keep(stopped, session, sent)
+        except Exception:  # failed, not cut short (Stop is a GeneratorExit, not an Exception)
+            streaming.pop(session, None)
             raise
 
     def stop(chat_shown: list[dict[str, Any]], request: gr.Request | None = None) -> tuple[list, list]:
