@@ -235,7 +235,8 @@ def mark_stopped(
         chat.append({"role": "assistant", "content": f"{sent or ''} {STOPPED}".strip()})
         return chat, chat
     text = _last_text(last)
-    if text.startswith((NOTICE, INFO)) or text.endswith(STOPPED):
+    pictured = any(kind == "file" for kind, _ in _items(last.get("content")))  # a heat-map comes with the whole answer
+    if pictured or text.startswith((NOTICE, INFO)) or text.endswith(STOPPED):
         return chat, chat  # the answer had ended (or was marked) before Stop arrived
     if sent and sent.startswith(text):
         text = sent

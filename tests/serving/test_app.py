@@ -351,6 +351,10 @@ def test_stop_keeps_the_partial_answer_marked_and_out_of_the_history(image_file:
     # Stop pressed after the answer ended (its note already shown): nothing changes.
     done = [*asked, {"role": "assistant", "content": "blue"}, {"role": "assistant", "content": "ℹ️ note"}]
     assert mark_stopped(done)[0] == done
+    # ... or with its heat-map shown: the picture stays, and no mark.
+    pictured = [*asked, {"role": "assistant", "content": "blue"},
+                {"role": "assistant", "content": [{"path": image_file, "alt_text": "heat-map"}, "*Where the model looked*"]}]
+    assert mark_stopped(pictured)[0] == pictured
     # The server had sent more than the browser showed: marked as far as the server had sent it;
     # never text that does not go on from the browser's (another answer's).
     assert mark_stopped([*asked, {"role": "assistant", "content": "blu"}], sent="blue ci")[0][-1]["content"] == (
@@ -392,6 +396,23 @@ def test_an_answer_stopped_as_its_last_words_arrive_comes_back_marked(engine: Ch
     assert history[-1]["content"] == f"{cut} {STOPPED}"  # marked where the chat shows it
     alone = engine.answer(image_file, follow_up, [], GenerationSettings(**GREEDY))
     assert reply[0] == alone  # answered as a first question: the cut answer is not a turn
+
+
+def test_stop_pressed_after_the_heat_map_arrived_leaves_the_answer_as_it_is(engine: ChatEngine, image_file: str) -> None:
+    """Stop can reach the server just after a short answer ended and its heat-map was shown: the
+    chat stays as it is. (It used to put the heat-map's caption, marked stopped, in the picture's place.)"""
+    import gradio as gr
+
+    demo = build_demo(engine, examples=[])
+    stop = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "stop")
+    question = "What color is the circle?"
+    session = gr.Request(session_hash="browser-3")
+    reply = list(demo.fn({"text": question, "files": [image_file]}, [], *GREEDY.values(), request=session))[-1]
+    asked = [{"role": "user", "content": [{"path": image_file}, question]}]
+    answer, heat_map = reply[:2]  # (this tiny model's answers also get a note: an answer usually ends with its map)
+    shown = as_ui_history(demo, [*asked, {"role": "assistant", "content": answer}, heat_map])
+    assert any(isinstance(item, dict) and item.get("type") == "file" for item in shown[-1]["content"])  # the heat-map
+    assert stop(shown, session) == (shown, shown)
 
 
 def test_notes_follow_the_answer_and_stay_out_of_the_history(engine: ChatEngine, tmp_path: Path) -> None:
