@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import random
 import statistics
 import subprocess
@@ -50,6 +51,19 @@ from mmchat.serving.overlay import overlay_attention  # noqa: E402
 from mmchat.serving.process import configure_process, freeze_start_up_heap  # noqa: E402
 
 SETTINGS = GenerationSettings(max_new_tokens=16)
+
+
+def cpu_name(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's model and its bf16 matrix flags, as Linux lists them: the same code's figures differ
+    from one CPU to another (docs/serving-measurements.md), so each run names its own."""
+    try:
+        lines = Path(cpuinfo).read_text().splitlines()
+    except OSError:
+        return platform.machine() or "unknown"
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
+    flags = next((set(line.split()) for line in lines if line.startswith("flags")), set())
+    bf16 = [flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags]
+    return f"{model} ({', '.join(bf16)})" if bf16 else model
 
 
 def today_dtype(device: str, quantization: str) -> str:
@@ -583,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"model {model} ({args.family}, {args.quantization}, {adapter.dtype_name}, {args.device}; today's path "
-        f"{today.dtype_name}); {os.cpu_count()} CPUs, "
+        f"{today.dtype_name}); {os.cpu_count()} CPUs, {cpu_name()}, "
         f"{torch.get_num_threads()} torch threads, GIL switch interval {sys.getswitchinterval() * 1000:g} ms; load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
@@ -756,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
         for group in results.values():
             for r in group.values():
                 r.pop("records", None)
-        Path(args.json).write_text(json.dumps({**results, "heat_map_cost": heat_costs, "describe_drafts": drafts}, indent=1))
+        Path(args.json).write_text(json.dumps({**results, "cpu": cpu_name(), "heat_map_cost": heat_costs, "describe_drafts": drafts}, indent=1))
     return 0
 
 

@@ -47,3 +47,15 @@ def test_each_row_is_the_median_of_its_runs_after_one_unmeasured():
     assert r["answers_s"] == 20.0 and r["rates"] == [10.0, 20.0, 30.0]
     assert r["answers"] == 6 and sorted({rec["run"] for rec in r["records"]}) == [0, 1, 2]
     assert "median of 3 runs: 10.0-30.0" in serve_bench.spread(r)
+
+
+def test_a_run_names_the_cpu_it_ran_on(tmp_path):
+    """Figures differ between CPUs, so each run says which one it had, with its bf16 matrix units."""
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu sse avx512_bf16 amx_tile amx_bf16\n\n"
+        "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu sse avx512_bf16 amx_tile amx_bf16\n"
+    )
+    assert serve_bench.cpu_name(info) == "Intel(R) Xeon(R) Processor (amx_bf16, avx512_bf16)"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu sse avx2\n")
+    assert serve_bench.cpu_name(info) == "AMD EPYC 9B14"
