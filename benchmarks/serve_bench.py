@@ -46,7 +46,7 @@ from mmchat.data.shapes import render_scene, sample_question, sample_scene  # no
 from mmchat.serving.engine import ChatEngine, GenerationSettings, check_request  # noqa: E402
 from mmchat.serving.families import FamilyAdapter, Turn  # noqa: E402
 from mmchat.serving.images import load_image  # noqa: E402
-from mmchat.serving.loading import DTYPES, load_model  # noqa: E402
+from mmchat.serving.loading import DTYPES, cpu_bf16_flags, load_model  # noqa: E402
 from mmchat.serving.overlay import overlay_attention  # noqa: E402
 from mmchat.serving.process import configure_process, freeze_start_up_heap  # noqa: E402
 
@@ -59,10 +59,9 @@ def cpu_name(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     try:
         lines = Path(cpuinfo).read_text().splitlines()
     except OSError:
-        return platform.machine() or "unknown"
+        lines = []
     model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
-    flags = next((set(line.split()) for line in lines if line.startswith("flags")), set())
-    bf16 = [flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags]
+    bf16 = cpu_bf16_flags(cpuinfo)
     return f"{model} ({', '.join(bf16)})" if bf16 else model
 
 

@@ -56,14 +56,20 @@ def resolve_quantization(quantization: str, device: str) -> str:
     return quantization
 
 
-def cpu_multiplies_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware: Intel AMX (`amx_bf16`) or AVX-512's bf16
-    dot products (`avx512_bf16`: Intel Cooper Lake, AMD Zen 4 and later), as Linux lists its flags."""
+def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+    """This CPU's ways of multiplying bf16 matrices in hardware, as Linux lists its flags: Intel AMX
+    (`amx_bf16`), AVX-512's bf16 dot products (`avx512_bf16`: Intel Cooper Lake, AMD Zen 4 and later)."""
     try:
         text = Path(cpuinfo).read_text()
-    except OSError:  # not Linux: no way to tell, so full precision
-        return False
-    return any(line.startswith("flags") and {"amx_bf16", "avx512_bf16"} & set(line.split()) for line in text.splitlines())
+    except OSError:  # not Linux: no way to tell
+        return []
+    flags = {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()}
+    return [flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags]
+
+
+def cpu_multiplies_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (`cpu_bf16_flags`); not Linux: full precision."""
+    return bool(cpu_bf16_flags(cpuinfo))
 
 
 def resolve_dtype(dtype: str, device: str, quantization: str, cpu_bf16: bool = False) -> torch.dtype:
