@@ -594,9 +594,10 @@ def main(argv: list[str] | None = None) -> int:
     today = adapter if old_dtype == "auto" or adapter.dtype_name == old_dtype else load_model(
         model, quantization=args.quantization, device=args.device, dtype=old_dtype
     )
+    cpu = cpu_name()
     print(
         f"model {model} ({args.family}, {args.quantization}, {adapter.dtype_name}, {args.device}; today's path "
-        f"{today.dtype_name}); {os.cpu_count()} CPUs, {cpu_name()}, "
+        f"{today.dtype_name}); {os.cpu_count()} CPUs, {cpu}, "
         f"{torch.get_num_threads()} torch threads, GIL switch interval {sys.getswitchinterval() * 1000:g} ms; load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
@@ -769,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
         for group in results.values():
             for r in group.values():
                 r.pop("records", None)
-        Path(args.json).write_text(json.dumps({**results, "cpu": cpu_name(), "heat_map_cost": heat_costs, "describe_drafts": drafts}, indent=1))
+        Path(args.json).write_text(json.dumps({**results, "cpu": cpu, "heat_map_cost": heat_costs, "describe_drafts": drafts}, indent=1))
     return 0
 
 
