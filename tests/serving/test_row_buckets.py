@@ -11,7 +11,7 @@ from torch import nn
 import mmchat.serving.families.mmchat as mmchat_family
 from mmchat.serving.engine import ChatEngine, GenerationSettings
 from mmchat.serving.families import Turn
-from mmchat.serving.row_buckets import bucket, pad_linear_rows
+from mmchat.serving.row_buckets import _bucketed_linear, bucket, pad_linear_rows
 
 
 def test_rows_pad_to_few_sizes_and_never_to_fewer_rows():
@@ -46,7 +46,8 @@ def test_a_padded_layer_gives_each_row_its_own_output():
 
 def test_a_bf16_model_on_a_cpu_pads_and_answers_as_it_did(tiny_checkpoint, shapes_image, monkeypatch):
     """The shipped model gave the same answers to 1,000 fresh v1 questions and 200 descriptions with
-    its rows padded as without (docs/serving-measurements.md: "Padded rows"); here the tiny one, alone and in a batch."""
+    its rows padded as without (docs/serving-measurements.md: "Padded rows"); here the tiny one,
+    padded and packed against neither, alone and in a batch."""
     settings = GenerationSettings(max_new_tokens=6)
     asked = [("What color is the square?", []), ("How many objects are there?", [Turn("Is there a red square?", "yes")])]
 
@@ -64,10 +65,13 @@ def test_a_bf16_model_on_a_cpu_pads_and_answers_as_it_did(tiny_checkpoint, shape
     image_side = {id(m) for root in patches_side for m in root.modules()}
     layers = [m for m in model.modules() if type(m) is nn.Linear]
     # The LM's layers pad; those that read the patches keep their rows (images x patches: few sizes).
-    assert all(isinstance(m.forward, functools.partial) == (id(m) not in image_side) for m in layers)
+    # Every one runs on its packed weight (`packed_linear.py`).
+    assert all((m.forward.func is _bucketed_linear) == (id(m) not in image_side) for m in layers)
     assert any(id(m) in image_side for m in layers) and any(id(m) not in image_side for m in layers)
+    assert all(hasattr(m, "packed_weight") for m in layers)
     assert not any(isinstance(m.forward, functools.partial) for m in padded.adapter.small_model.modules())
     monkeypatch.setattr(mmchat_family, "pad_linear_rows", lambda model, **kwargs: 0)
+    monkeypatch.setattr(mmchat_family.MMChatAdapter, "pack_weights", False)
     plain = ChatEngine.from_pretrained(tiny_checkpoint, device="cpu", dtype="bfloat16")
     assert not any(isinstance(m.forward, functools.partial) for m in plain.adapter.model.modules())
     assert answers(padded) == answers(plain)
