@@ -60,6 +60,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "batches them) and 16 for a model server (env MMCHAT_CONCURRENCY)",
     )
     parser.add_argument(
+        "--lanes",
+        type=int,
+        default=int(env("MMCHAT_LANES") or 0),
+        help="schedulers side by side over the one model; 0 (the default): the family's choice, two for "
+        "mmchat on a CPU of two cores or more, else one (env MMCHAT_LANES)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=int(env("MMCHAT_THREADS", "1")),
@@ -98,7 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # On ZeroGPU each answer has the GPU only inside its own `spaces.GPU` call: no scheduler thread.
         engine = ChatEngine.from_pretrained(
-            args.model, quantization=args.quantization, device=args.device, dtype=args.dtype, threaded=not zero_gpu()
+            args.model,
+            quantization=args.quantization,
+            device=args.device,
+            dtype=args.dtype,
+            threaded=not zero_gpu(),
+            lanes=args.lanes or None,
         )
     except LoadError as e:
         print(f"mmchat: cannot start: {e}", file=sys.stderr)
@@ -108,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # used as soon as it is traced.
         engine.trace(wait=False, done=lambda kept, tried, s: print(f"mmchat: traced {kept} of {tried} graphs in {s:.1f} s", flush=True))
     concurrency = args.concurrency or engine.adapter.default_concurrency
-    print(f"mmchat: serving {engine.describe()}, {concurrency} answer(s) at once", flush=True)
+    lanes = f" over {len(engine.schedulers)} lanes" if len(engine.schedulers) > 1 else ""
+    print(f"mmchat: serving {engine.describe()}, {concurrency} answer(s) at once{lanes}", flush=True)
     demo = build_demo(engine)
     # Gradio sets matplotlib's backend around every event; where matplotlib is installed, resolving it
     # the first time imports pyplot: 0.4 s the first visitor's answer waited for. Resolved now instead.
@@ -116,8 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         import matplotlib
 
         matplotlib.get_backend()
-    if engine.scheduler is not None:  # it batches up to as many answers as the Gradio queue feeds it
-        engine.scheduler.max_batch = concurrency
+    for scheduler in engine.schedulers:  # each batches up to as many answers as the Gradio queue feeds it
+        scheduler.max_batch = concurrency
     demo.queue(default_concurrency_limit=concurrency, max_size=args.max_queue)
     freeze_start_up_heap()  # what start-up made lives on: no full garbage collection walks it again
     # Each answer in flight holds one of Gradio's worker threads while it waits for its tokens.

@@ -557,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-users", type=int, nargs="+", default=[1, 16])
     p.add_argument("--app", action="store_true", help="also measure the running app through gradio_client")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads, for every path (0: torch's default)")
+    p.add_argument("--lanes", type=int, default=0,
+                   help="the engine's and the app's schedulers side by side (0: the family's choice, as `python app.py`)")
     p.add_argument("--switch-interval", type=float, default=0.0005,
                    help="sys.setswitchinterval for every path, as `python app.py` sets it (0: Python's 5 ms)")
     p.add_argument("--family-dir", help="for --family blip/mllama: build the model here, or reuse the one built there")
@@ -620,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  today, {n} users: {spread(r)}", flush=True)
         rows.append(("today (batch-1 generate, second-pass heat-map)", n, r))
 
-    engine = ChatEngine(adapter, max_batch=max(args.users), draft_tokens=args.draft_tokens)
+    engine = ChatEngine(adapter, max_batch=max(args.users), draft_tokens=args.draft_tokens, lanes=args.lanes or None)
     # Counted before tracing: torch's FlopCounterMode does not see inside a traced graph.
     flops = engine_flops_per_answer(engine, conversations(2, args.turns, seed=99)) if adapter.batched else None
     if not args.eager:
@@ -630,15 +632,17 @@ def main(argv: list[str] | None = None) -> int:
     engine.answer(convs_all[0][0], convs_all[0][1][0])  # warm-up
     for n in args.users:
         def run(k: int, n: int = n) -> dict[str, Any]:
-            engine.scheduler.release(list(engine.scheduler.images.keys()))  # each run starts with no image cached
+            for s in engine.schedulers:  # each run starts with no image cached
+                s.release(list(s.images.keys()))
             return run_users(engine_ask(engine, tokenizer), users(n, 1000 + n + 100_000 * (k + 1)), at_once=n > 1)
 
         r = measured(run, args.repeats)
         count_tokens(r, tokenizer)
         results["engine"][n] = r
-        s = engine.scheduler
-        print(f"  engine, {n} users: {spread(r)} (so far: {s.steps} decode steps, "
-              f"{s.prefills} prefills, {s.accepted} of {s.drafted} drafted tokens kept)", flush=True)
+        lanes = engine.schedulers
+        print(f"  engine, {n} users: {spread(r)} (so far, {len(lanes)} lane(s): {sum(s.steps for s in lanes)} decode steps, "
+              f"{sum(s.prefills for s in lanes)} prefills, {sum(s.accepted for s in lanes)} of "
+              f"{sum(s.drafted for s in lanes)} drafted tokens kept)", flush=True)
         rows.append(("engine", n, r))
     # Heat-map cost: the same lone conversations answered by the same engine with recording off and no
     # picture drawn, and with both. Each run starts with the conversation's image and turns
@@ -660,14 +664,16 @@ def main(argv: list[str] | None = None) -> int:
             for k in range(args.heat_repeats):
                 for record in (False, True) if (i + k) % 2 == 0 else (True, False):
                     engine.release(conv[0])
-                    engine.scheduler.record_attention = record and adapter.records_attention
+                    for s in engine.schedulers:
+                        s.record_attention = record and adapter.records_attention
                     records = run_users(engine_ask(engine, tokenizer, overlay=record), [conv])["records"]
                     times[record].append([r["latency"] for r in sorted(records, key=lambda r: r["turn"])])
             for record, repeats in times.items():
                 summed[record] += sum(map(sum, repeats))
                 fastest[record] += sum(min(turn) for turn in zip(*repeats))
         heat_costs.append({"summed": summed[True] / summed[False] - 1, "best": fastest[True] / fastest[False] - 1})
-    engine.scheduler.record_attention = adapter.records_attention
+    for s in engine.schedulers:
+        s.record_attention = adapter.records_attention
     drafts = describe_drafts(adapter, args.describe, args.draft_tokens) if args.describe and adapter.batched else None
 
     # Answers the engine gave must be what the legacy path gives for the same conversation (greedy).
@@ -694,7 +700,8 @@ def main(argv: list[str] | None = None) -> int:
     app_rows: list[tuple[str, int, dict[str, Any]]] = []
     if args.app:
         app_cmd = [sys.executable, "app.py", "--model", model, "--device", args.device, "--quantization", args.quantization,
-                   "--dtype", args.dtype, "--threads", str(args.threads), *(["--eager"] if args.eager else [])]
+                   "--dtype", args.dtype, "--threads", str(args.threads), "--lanes", str(args.lanes),
+                   *(["--eager"] if args.eager else [])]
         legacy_cmd = [sys.executable, __file__, "--model", model, "--device", args.device, "--threads", str(args.threads), "--serve-legacy"]
         for name, cmd in (("app, today", legacy_cmd), ("app", [*app_cmd, "--port"])):
             ready = "mmchat: traced" if cmd is not legacy_cmd and not args.eager else None

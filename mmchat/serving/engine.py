@@ -56,16 +56,24 @@ def check_request(image: Any, question: str | None) -> str:
 logger = logging.getLogger(__name__)
 
 READS_KEPT = 32  # images read (`ChatEngine._read`) kept for their next turn: up to 3.8 MB each
+LANES_KEPT = 4096  # images whose lane (`ChatEngine._lane`) is remembered: a conversation stays on its lane
 
 
 class ChatEngine:
     """Answers questions about images for many users at once with a loaded family adapter.
 
-    Every request goes to one scheduler thread that owns the model (`scheduler.Scheduler`): the
+    Every request goes to a scheduler thread that owns the model (`scheduler.Scheduler`): the
     batched families share forward passes, the others are answered one at a time there (a family
     whose forwards keep no state between calls may have a second look run beside them). With
     `threaded=False` there is no such thread: the callers' threads run the scheduler's rounds in
     turn while they wait (ZeroGPU hardware lends the GPU only to the caller's `spaces.GPU` call).
+
+    `lanes`: schedulers side by side over the one model, for a family whose forwards may run beside
+    each other (None: the family's `default_lanes`). Each conversation's image keeps to one lane,
+    where its features and keys/values are cached; new images go to the lanes in turn. On a 2-core
+    CPU a forward of this project's small model is mostly fixed cost and one lane leaves the second
+    core half idle: two answered 16 and 32 users 12 % and 10 % faster than one, a lone user alike
+    (docs/serving-measurements.md, "two lanes"). Where one big batch is cheapest (a GPU), one lane.
     """
 
     def __init__(
@@ -80,6 +88,7 @@ class ChatEngine:
         threaded: bool = True,
         draft_tokens: int = 4,
         attention_cache_bytes: int = 32 << 20,
+        lanes: int | None = 1,
     ):
         """`image_cache_bytes`: None keeps the family's own bound (`FamilyAdapter.image_cache_bytes`).
         `attention_cache_bytes`: the recorded maps kept for answers' heat-maps, asked for right after
@@ -90,19 +99,32 @@ class ChatEngine:
         self.timeout_s = timeout_s
         self.max_waiting = max_waiting
         # A family that streams itself (a remote model, `stream_answer`) has no local model to own.
-        self.scheduler: Scheduler | None = None
+        self.schedulers: list[Scheduler] = []
         if not adapter.streams_itself:
-            self.scheduler = Scheduler(
-                adapter,
-                max_batch=max_batch,
-                image_cache_bytes=adapter.image_cache_bytes if image_cache_bytes is None else image_cache_bytes,
-                prefix_cache_bytes=prefix_cache_bytes,
-                record_attention=record_attention and adapter.records_attention,
-                threaded=threaded,
-                draft_tokens=draft_tokens,
-            )
-            # An engine dropped without close() still ends its thread (the thread holds the model).
-            weakref.finalize(self, self.scheduler.close_soon)
+            n = max(1, adapter.default_lanes() if lanes is None else lanes)
+            if not (threaded and adapter.steps_side_by_side):  # forwards that may not run beside each other
+                n = 1
+            image_bytes = adapter.image_cache_bytes if image_cache_bytes is None else image_cache_bytes
+            # The caches' bounds are the engine's: each lane holds its share of the conversations.
+            self.schedulers = [
+                Scheduler(
+                    adapter,
+                    max_batch=max_batch,
+                    image_cache_bytes=image_bytes // n,
+                    prefix_cache_bytes=prefix_cache_bytes // n,
+                    record_attention=record_attention and adapter.records_attention,
+                    threaded=threaded,
+                    draft_tokens=draft_tokens,
+                )
+                for _ in range(n)
+            ]
+            for scheduler in self.schedulers:
+                # An engine dropped without close() still ends its threads (each holds the model).
+                weakref.finalize(self, scheduler.close_soon)
+        # The first lane (the only one unless `lanes`): what runs `_on_model`'s calls.
+        self.scheduler: Scheduler | None = self.schedulers[0] if self.schedulers else None
+        self._lanes: OrderedDict[str, Scheduler] = OrderedDict()  # image key -> its lane (`_lane`)
+        self._next_lane = 0
         # (image key, question and history as asked, answer) -> (A, N) cross-attention of each answer
         # token, from the answering pass. Keyed by the words, not the prompt's token ids: rebuilding
         # the prompt (chat template, tokenizer) to look a picture up took 0.37 of its 1.7 ms.
@@ -151,14 +173,33 @@ class ChatEngine:
         return thread
 
     def close(self) -> None:
-        """End the scheduler thread (requests still queued get an error)."""
-        if self.scheduler is not None:
-            self.scheduler.close()
+        """End the scheduler threads (requests still queued get an error)."""
+        for scheduler in self.schedulers:
+            scheduler.close()
 
     def release(self, image: Any) -> None:
         """Free what is cached for `image` (its features, its conversations' keys/values)."""
-        if self.scheduler is not None:
-            self.scheduler.release([self._read(image)[1]])
+        if self.schedulers:
+            key = self._read(image)[1]
+            for scheduler in self.schedulers:
+                scheduler.release([key])
+
+    def _lane(self, key: str) -> Scheduler:
+        """The scheduler an image's turns go to: the one its conversation started on (its image and
+        keys/values are cached there), a new image to the lanes in turn."""
+        if len(self.schedulers) == 1:
+            return self.schedulers[0]
+        with self._attention_lock:
+            lane = self._lanes.get(key)
+            if lane is None:
+                lane = self.schedulers[self._next_lane % len(self.schedulers)]
+                self._next_lane += 1
+                self._lanes[key] = lane
+                while len(self._lanes) > LANES_KEPT:
+                    self._lanes.popitem(last=False)
+            else:
+                self._lanes.move_to_end(key)
+            return lane
 
     def describe(self) -> str:
         a = self.adapter
@@ -331,7 +372,7 @@ class ChatEngine:
         settings.generate_kwargs()  # checks them; raises ChatInputError
         if self.scheduler is None:
             raise ChatInputError("This model streams by itself; use `stream`.")
-        if self.scheduler.waiting() >= self.max_waiting:
+        if sum(scheduler.waiting() for scheduler in self.schedulers) >= self.max_waiting:
             raise ChatInputError("The server is busy answering other people; please try again in a minute.")
         if self.adapter.batched:
             prompt, inputs = self._fit_prompt(question, history), None
@@ -350,7 +391,8 @@ class ChatEngine:
             second_look=self.adapter.second_look is not None and self.adapter.second_look.applies(question),
             kind=question_kind(question),
         )
-        return Reply(self, self.scheduler.submit(request), lookup=_lookup(key, question, history))
+        lane = self._lane(key)
+        return Reply(self, lane.submit(request), lookup=_lookup(key, question, history), lane=lane)
 
     def stream(
         self,
@@ -504,15 +546,15 @@ def _lookup(image_key: str, question: str, history: list[Turn]) -> tuple:
 class Reply:
     """One queued answer: iterate it for the text so far; `text()` waits for the whole answer."""
 
-    def __init__(self, engine: ChatEngine, request: Request, lookup: tuple = ()):
+    def __init__(self, engine: ChatEngine, request: Request, lookup: tuple = (), lane: Scheduler | None = None):
         self.engine = engine
         self.request = request
         self.lookup = lookup  # where the engine keeps this answer's recorded attention (`_lookup`)
+        self.lane = lane or engine.scheduler  # the scheduler answering it
         self.tokens: list[int] = []
         self.text_so_far = ""
         self.finish_reason: str | None = None
-        eos = engine.scheduler.eos if engine.scheduler else set()
-        self._eos = eos
+        self._eos = self.lane.eos if self.lane else set()
 
     @property
     def answer_tokens(self) -> list[int]:
@@ -526,7 +568,7 @@ class Reply:
         keeps drafted tokens (`drafts.py`) gives several at once, and each text shown is an event
         the app sends (and the browser draws), so they are shown together."""
         try:
-            events = [self.engine.scheduler.receive(self.request, self.engine.timeout_s)]
+            events = [self.lane.receive(self.request, self.engine.timeout_s)]
         except queue.Empty:
             self.stop()
             raise TimeoutError(f"No answer within {self.engine.timeout_s:.0f} s; please try again.") from None

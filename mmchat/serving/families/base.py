@@ -88,6 +88,11 @@ class FamilyAdapter:
     def device(self) -> torch.device:
         return self.model.device
 
+    def default_lanes(self) -> int:
+        """Schedulers side by side an engine runs by default (`ChatEngine`'s `lanes`): one, but
+        where a family measured more."""
+        return 1
+
     def max_context_tokens(self) -> int | None:
         return None
 
