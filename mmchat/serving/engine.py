@@ -470,8 +470,9 @@ class ChatEngine:
         return answers
 
     def _on_model(self, fn: Any) -> Any:
-        """Run `fn` where the model is owned: between the scheduler's steps, never beside them (only a
-        second look may run beside, for a family whose forwards keep nothing between calls)."""
+        """Run `fn` where the model is owned: between the first lane's steps, never beside them (only a
+        second look, or another lane's steps, may run beside, for a family whose forwards keep nothing
+        between calls)."""
         return fn() if self.scheduler is None else self.scheduler.call(fn, timeout_s=self.timeout_s)
 
     def _remember(self, reply: Reply) -> None:
