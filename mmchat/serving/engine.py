@@ -130,7 +130,7 @@ class ChatEngine:
         # the prompt (chat template, tokenizer) to look a picture up took 0.37 of its 1.7 ms.
         # Bounded in bytes: a description's map (16 KB) is 13 times a short answer's (1.3 KB).
         self._attention = LRUBytes(attention_cache_bytes)
-        self._attention_lock = threading.Lock()  # guards _verdicts, _unjudged and _reads
+        self._attention_lock = threading.Lock()  # guards _verdicts, _unjudged, _reads and _lanes
         self._verdicts: OrderedDict[str, bool] = OrderedDict()  # image key -> the world gate's verdict
         self._unjudged: dict[str, Image.Image] = {}  # images waiting for a verdict (`_in_world`)
         self._gate_lock = threading.Lock()  # one thread at a time judges the images waiting
