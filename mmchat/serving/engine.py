@@ -392,7 +392,7 @@ class ChatEngine:
             kind=question_kind(question),
         )
         lane = self._lane(key)
-        return Reply(self, lane.submit(request), lookup=_lookup(key, question, history), lane=lane)
+        return Reply(self, lane, lane.submit(request), lookup=_lookup(key, question, history))
 
     def stream(
         self,
@@ -547,15 +547,15 @@ def _lookup(image_key: str, question: str, history: list[Turn]) -> tuple:
 class Reply:
     """One queued answer: iterate it for the text so far; `text()` waits for the whole answer."""
 
-    def __init__(self, engine: ChatEngine, request: Request, lookup: tuple = (), lane: Scheduler | None = None):
+    def __init__(self, engine: ChatEngine, lane: Scheduler, request: Request, lookup: tuple = ()):
         self.engine = engine
+        self.lane = lane  # the scheduler answering it
         self.request = request
         self.lookup = lookup  # where the engine keeps this answer's recorded attention (`_lookup`)
-        self.lane = lane or engine.scheduler  # the scheduler answering it
         self.tokens: list[int] = []
         self.text_so_far = ""
         self.finish_reason: str | None = None
-        self._eos = self.lane.eos if self.lane else set()
+        self._eos = lane.eos
 
     @property
     def answer_tokens(self) -> list[int]:

@@ -45,8 +45,11 @@ def conversations(engine: ChatEngine, users: int = 6) -> list[list[str]]:
 
 
 def test_two_lanes_give_every_user_the_answers_one_lane_gives(tiny_checkpoint):
-    one = ChatEngine.from_pretrained(tiny_checkpoint, device="cpu", dtype="bfloat16")
-    two = ChatEngine.from_pretrained(tiny_checkpoint, device="cpu", dtype="bfloat16", lanes=2)
+    # In fp32: in bf16 a row's logits move with what shares its forward (a few rows run on the fp32
+    # copy, more in bf16), and the tiny random model's near-ties then flip with the batches' timing,
+    # one lane or two (the shipped model gave the same answers in every alternating round).
+    one = ChatEngine.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32")
+    two = ChatEngine.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32", lanes=2)
     try:
         assert len(one.schedulers) == 1 and len(two.schedulers) == 2
         expected = conversations(one)
@@ -66,7 +69,7 @@ def test_two_lanes_give_every_user_the_answers_one_lane_gives(tiny_checkpoint):
 
 
 def test_stop_in_one_lane_leaves_the_other_lanes_answers(tiny_checkpoint):
-    engine = ChatEngine.from_pretrained(tiny_checkpoint, device="cpu", dtype="bfloat16", lanes=2)
+    engine = ChatEngine.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32", lanes=2)
     try:
         long = GenerationSettings(max_new_tokens=200)
         full = engine.answer(picture(1), "Describe it", [], long)
@@ -88,7 +91,7 @@ def test_stop_in_one_lane_leaves_the_other_lanes_answers(tiny_checkpoint):
 
 
 def test_the_family_chooses_two_lanes_on_a_cpu_of_two_cores_or_more(tiny_checkpoint, monkeypatch):
-    engine = ChatEngine.from_pretrained(tiny_checkpoint, device="cpu", dtype="bfloat16", lanes=None)
+    engine = ChatEngine.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32", lanes=None)
     try:
         assert len(engine.schedulers) == min(2, len(os.sched_getaffinity(0)))
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
