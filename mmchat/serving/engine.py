@@ -28,7 +28,8 @@ from .loading import LoadError, load_model
 from .overlay import overlay_attention
 from .panels import object_panels, object_phrases
 from .questions import MAX_QUESTION_CHARS, check_question
-from .scheduler import Request, Scheduler
+from .request import Request
+from .scheduler import Scheduler
 from .settings import ChatInputError, GenerationSettings
 
 # What callers (the UI, the evaluation CLI) need, from one place.

@@ -4,8 +4,9 @@ Requests arrive on a thread-safe queue. Between two decode steps the scheduler d
 finished or were stopped and admits the newcomers: their prompts run together in one prefill (each
 starting from the keys/values of its conversation's earlier turns, when cached), either in the same
 forward as the running rows' next tokens or in one of their own, whichever the fitted cost of a
-forward says is cheaper (`ForwardCost`); then they join the running batch, whose per-layer
-keys/values are left-padded to one length and whose image keys/values sit in slots (`ImageSlots`).
+forward says is cheaper (`forward_cost.py`); then they join the running batch (`batch.py`), whose
+per-layer keys/values are left-padded to one length and whose image keys/values sit in slots
+(`slots.py`).
 Each row keeps its own position ids, attention mask, image keys/values and sampling settings, so a
 batch answers exactly what each request alone would (in fp32; in bf16 the rounding can move with the
 batch's shape, as on any GPU). Tokens go to each request's own queue as they are chosen. A greedy
@@ -45,19 +46,21 @@ import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from PIL import Image
-from transformers.generation.streamers import BaseStreamer
 
 from .answer_tree import AnswerTree, LikelyAnswers, grow_tree, tree_mask
+from .batch import Batch, merge_batches, select_rows
 from .cache import LRUBytes, PrefixCache
 from .drafts import AnswerNgrams
+from .forward_cost import ForwardCost
 from .kv import KV
+from .request import Request, choose_tokens
+from .rows_streamer import RowsStreamer
 from .second_look import mean_log_probs
-from .settings import GenerationSettings
 from .slots import ImageSlots
 
 logger = logging.getLogger(__name__)
@@ -69,44 +72,6 @@ def _close_all() -> None:
     """End the scheduler threads before the interpreter goes: one mid-step at exit aborts the process."""
     for scheduler in list(_running):
         scheduler.close()
-
-
-
-@dataclass
-class Request:
-    """One answer to generate; the caller reads `out` ("token", id) ... then ("end", reason) or ("error", e)."""
-
-    prompt: list[int]
-    image: Image.Image
-    image_key: str
-    settings: GenerationSettings  # per request inside a shared batch: greedy or sampling, temperature, top-p, max tokens
-    # For families answered one at a time: the model inputs, made by the family.
-    inputs: dict[str, torch.Tensor] | None = None
-    cancel: threading.Event = field(default_factory=threading.Event)
-    out: queue.Queue = field(default_factory=queue.Queue)
-    tokens: list[int] = field(default_factory=list)
-    # (N,) cross-attention weights, mean over fused layers and heads, of the position that chose each token
-    attention: list[torch.Tensor] = field(default_factory=list)
-    # Its first token, if chosen unsure, is chosen again over shifted views (`second_look.py`).
-    second_look: bool = False
-    # The kind of question (`answer_tree.question_kind`): the answers given to its kind are drafted.
-    kind: str | None = None
-    # Its image's state when encoded beside the batch, until its prefill takes it (the cache may not hold it).
-    image_state: Any = None
-
-    def emit(self, token: int) -> None:
-        self.tokens.append(token)
-        self.out.put(("token", token))
-
-
-@dataclass
-class _Batch:
-    rows: list[Request]
-    past: KV
-    mask: torch.Tensor  # (B, L) 1 where a cached column is a real token
-    pos: torch.Tensor  # (B,) position id of each row's next token
-    images: Any  # the family's batched image state
-    next_tokens: torch.Tensor  # (B,) the token each row feeds next
 
 
 @dataclass
@@ -125,43 +90,9 @@ class _Unsure:
 class _Parked:
     """Rows whose second look runs on the look thread: apart from the running batch until it ends."""
 
-    batch: _Batch
+    batch: Batch
     waiting: list[_Unsure]
     look: Future  # -> (n, V) their mean log-probabilities over their views
-
-
-class ForwardCost:
-    """A forward's seconds as `fixed + per_position * positions` (positions: rows x new columns),
-    fitted by least squares over the forwards run so far, recent ones weighing most.
-
-    On this 2-core CPU a batch-16 decode step took about 12 ms and a batch-16 prefill of 13 tokens
-    about 47 ms, so padding 15 running rows to a newcomer's 13 columns cost more than a second
-    forward. Where a forward's time hardly grows with its positions (a GPU, expected; none was lent
-    to measure), the fitted per-position cost is near zero and every join is mixed.
-    """
-
-    def __init__(self, decay: float = 0.98):
-        self.decay = decay
-        self.n = self.x = self.y = self.xx = self.xy = 0.0
-
-    def add(self, positions: int, seconds: float) -> None:
-        d = self.decay
-        self.n, self.x, self.y = d * self.n + 1, d * self.x + positions, d * self.y + seconds
-        self.xx, self.xy = d * self.xx + positions * positions, d * self.xy + positions * seconds
-
-    def fit(self) -> tuple[float, float] | None:
-        """(fixed seconds, seconds per position), or None until forwards of different sizes were seen."""
-        spread = self.n * self.xx - self.x * self.x
-        if self.n < 4 or spread <= 1e-9 * max(self.n * self.xx, 1.0):
-            return None
-        per_position = max(0.0, (self.n * self.xy - self.x * self.y) / spread)
-        fixed = max(0.0, (self.y - per_position * self.x) / self.n)
-        return fixed, per_position
-
-    def cheaper_apart(self, wasted: int) -> bool:
-        """Whether `wasted` padded positions cost more than one more forward; mixing until the fit is known."""
-        fit = self.fit()
-        return fit is not None and fit[1] * wasted > fit[0]
 
 
 class Scheduler:
@@ -185,7 +116,7 @@ class Scheduler:
         self.eos = set(adapter.eos_token_ids())
         self.pad = adapter.pad_token_id()
         self._queue: queue.Queue = queue.Queue()
-        self._batch: _Batch | None = None
+        self._batch: Batch | None = None
         self._lock = threading.Lock()  # inline: one caller runs a round at a time
         self.steps = self.prefills = self.mixed_steps = self.split_steps = 0
         self.second_looks = 0  # first tokens chosen again over shifted views (`second_look.py`)
@@ -369,7 +300,7 @@ class Scheduler:
             if r.cancel.is_set():
                 r.out.put(("end", "stopped"))
         if len(keep) < len(batch.rows):
-            self._batch = _select(batch, keep, self.adapter, self._slots) if keep else None
+            self._batch = select_rows(batch, keep, self.adapter, self._slots) if keep else None
 
     def _mixed_step(self, newcomers: list[Request], cached: list[tuple[int, KV | None]]) -> None:
         """One forward for the running rows' next tokens and the newcomers' prompts together: where a
@@ -419,7 +350,7 @@ class Scheduler:
                     request.out.put(("error", e))
                     continue
                 if alone is not None:
-                    joined = alone if joined is None else _merge(joined, alone, self.adapter)
+                    joined = alone if joined is None else merge_batches(joined, alone, self.adapter)
         if joined is not None:
             self._batch = joined if self._batch is None else self._join(self._batch, joined)
 
@@ -495,10 +426,10 @@ class Scheduler:
         for key, state in encoded.items():
             self.images.put(key, state)
 
-    def _join(self, running: _Batch, joined: _Batch) -> _Batch:
+    def _join(self, running: Batch, joined: Batch) -> Batch:
         """`joined`'s rows after `running`'s; into the running batch's slots when it has them."""
         images = self._slots.append([joined.images]) if self._slots.owns(running.images) else None
-        return _merge(running, joined, self.adapter, images)
+        return merge_batches(running, joined, self.adapter, images)
 
     def _image_states(self, requests: list[Request]) -> list[Any]:
         """Each request's image state: from the cache, or encoded now (the misses in one batch)."""
@@ -516,10 +447,10 @@ class Scheduler:
     def _prefill(
         self,
         requests: list[Request],
-        running: _Batch | None = None,
+        running: Batch | None = None,
         cached: list[tuple[int, KV | None]] | None = None,
         into_slots: bool = True,
-    ) -> _Batch | None:
+    ) -> Batch | None:
         """Run the newcomers' prompts (after any cached prefix) together, and with them the next
         token of each `running` row; returns the rows still going (the running ones first).
         `into_slots` False: their images are stacked apart, for a batch that joins another later."""
@@ -602,7 +533,7 @@ class Scheduler:
             at.append(at_row)
             mask[i, unfed] = 0
             next_pos[i] += kept
-        batch = _Batch(
+        batch = Batch(
             rows=rows,
             past=past,
             mask=mask,
@@ -641,7 +572,7 @@ class Scheduler:
         probs = last.float().softmax(dim=-1).amax(dim=-1)
         return [i for i, r in enumerate(rows) if r.second_look and not r.tokens and float(probs[i]) < rule.below]
 
-    def _look_later(self, batch: _Batch | None, waiting: list[_Unsure]) -> _Batch | None:
+    def _look_later(self, batch: Batch | None, waiting: list[_Unsure]) -> Batch | None:
         """Inline: the second look of the rows `waiting` still in the batch (not stopped meanwhile),
         now, then their tokens handed out; the other rows get none this round."""
         waiting = _still_in(batch, waiting)
@@ -653,7 +584,7 @@ class Scheduler:
             return self._look_failed(batch, waiting, e)
         return self._answer_looked(batch, waiting, looked)
 
-    def _park(self, batch: _Batch, waiting: list[_Unsure]) -> _Batch | None:
+    def _park(self, batch: Batch, waiting: list[_Unsure]) -> Batch | None:
         """Take the rows `waiting` still in the batch out of it and start their second look on the
         look thread; the batch's other rows go on meanwhile, and `_unpark` brings these back."""
         waiting = _still_in(batch, waiting)
@@ -667,8 +598,8 @@ class Scheduler:
         parked = {id(w.request) for w in waiting}
         apart = [i for i, r in enumerate(batch.rows) if id(r) in parked]
         rest = [i for i, r in enumerate(batch.rows) if id(r) not in parked]
-        self._parked.append(_Parked(_select(batch, apart, self.adapter), waiting, look))  # images copied out of the slots
-        return _select(batch, rest, self.adapter, self._slots) if rest else None
+        self._parked.append(_Parked(select_rows(batch, apart, self.adapter), waiting, look))  # images copied out of the slots
+        return select_rows(batch, rest, self.adapter, self._slots) if rest else None
 
     def _look_beside(self, last: torch.Tensor, rows: list[Request]) -> torch.Tensor:
         """`_look_again` on the look thread, as the scheduler's own thread runs: in inference mode."""
@@ -700,7 +631,7 @@ class Scheduler:
                 for request in back.rows:
                     request.out.put(("error", e))
 
-    def _answer_looked(self, batch: _Batch, waiting: list[_Unsure], looked: torch.Tensor) -> _Batch | None:
+    def _answer_looked(self, batch: Batch, waiting: list[_Unsure], looked: torch.Tensor) -> Batch | None:
         """The rows `waiting` (all in `batch`) given their first token from `looked` (n, V), and on
         through their trees, as any prefill row is; `batch`'s other rows get none this round. Their
         others' tokens are out already, so an error here reaches these rows alone (a retry of the
@@ -725,14 +656,14 @@ class Scheduler:
             return self._look_failed(batch, waiting, e)
         return self._advance(batch, chosen, maps, at)
 
-    def _look_failed(self, batch: _Batch, waiting: list[_Unsure], error: Exception) -> _Batch | None:
+    def _look_failed(self, batch: Batch, waiting: list[_Unsure], error: Exception) -> Batch | None:
         """The error to the rows `waiting`, which leave `batch`; the batch's other rows go on."""
         logger.error("second look failed", exc_info=error)
         failed = {id(w.request) for w in waiting}
         for w in waiting:
             w.request.out.put(("error", error))
         keep = [i for i, r in enumerate(batch.rows) if id(r) not in failed]
-        return _select(batch, keep, self.adapter, self._slots) if keep else None
+        return select_rows(batch, keep, self.adapter, self._slots) if keep else None
 
     def _look_again(self, last: torch.Tensor, rows: list[Request]) -> torch.Tensor:
         """(n, V) first-token logits of `rows` -> (n, V) their mean log-probability over each row's
@@ -792,7 +723,7 @@ class Scheduler:
                 best, best_gain = trees, gain
         return [t if t else None for t in best]
 
-    def _decode(self, batch: _Batch) -> _Batch | None:
+    def _decode(self, batch: Batch) -> Batch | None:
         """One step: each row feeds its next token and, a greedy row, its draft (`drafts.py`) after it;
         each row keeps the drafted tokens the model chose too, and the model's token after them."""
         self.steps += 1
@@ -844,7 +775,7 @@ class Scheduler:
         batch.pos = batch.pos + torch.tensor(advanced, device=batch.pos.device)
         return self._advance(batch, chosen, weights, at)
 
-    def _drafts(self, batch: _Batch) -> list[list[int]]:
+    def _drafts(self, batch: Batch) -> list[list[int]]:
         """Each row's draft: none for a sampling row; as many columns as the fitted cost of a forward
         says pay for themselves, counting every drafted token as kept."""
         if self.drafts is None:
@@ -866,18 +797,18 @@ class Scheduler:
             drafts = [d[: width - 1] for d in drafts]
         return drafts
 
-    def _decode_apart(self, batch: _Batch) -> _Batch | None:
+    def _decode_apart(self, batch: Batch) -> Batch | None:
         """A batched step failed: step each row alone, so only the failing request sees the error."""
         merged = None
         for i in range(len(batch.rows)):
-            row = self._decode(_select(batch, [i], self.adapter))
+            row = self._decode(select_rows(batch, [i], self.adapter))
             if row is not None:
-                merged = row if merged is None else _merge(merged, row, self.adapter)
+                merged = row if merged is None else merge_batches(merged, row, self.adapter)
         return merged
 
     def _advance(
-        self, batch: _Batch, chosen: list[list[int]], weights: torch.Tensor | None, at: list[list[int]]
-    ) -> _Batch | None:
+        self, batch: Batch, chosen: list[list[int]], weights: torch.Tensor | None, at: list[list[int]]
+    ) -> Batch | None:
         """Hand each row its chosen tokens (`chosen[i]`, in order), drop the rows that are done.
         `weights` (B, K, N): the maps of the step's last K positions; row i's j-th token was chosen at
         column `at[i][j]` of them.
@@ -916,12 +847,12 @@ class Scheduler:
             )
             if not keep:
                 return None
-            return batch if len(keep) == len(batch.rows) else _select(batch, keep, self.adapter, self._slots)
+            return batch if len(keep) == len(batch.rows) else select_rows(batch, keep, self.adapter, self._slots)
         finally:  # even when the bookkeeping fails, every token chosen reaches its request first
             for request, event in events:
                 request.out.put(event)
 
-    def _remember(self, batch: _Batch, i: int, request: Request) -> None:
+    def _remember(self, batch: Batch, i: int, request: Request) -> None:
         """Keep the finished row's keys/values: the conversation's next turn starts from them."""
         ids = request.prompt + request.tokens[:-1]  # the last token chosen was never fed
         real = batch.mask[i].nonzero().squeeze(1)  # the row's fed columns (not its padding or unchosen drafts)
@@ -951,7 +882,7 @@ class Scheduler:
             def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
                 return torch.tensor([r.cancel.is_set() for r in rows], device=input_ids.device)
 
-        streamer = _RowsStreamer(rows, self.eos)
+        streamer = RowsStreamer(rows, self.eos)
         try:
             inputs = rows[0].inputs if len(rows) == 1 else self.adapter.collate([r.inputs for r in rows])
             self.adapter.generate(
@@ -977,131 +908,13 @@ class Scheduler:
         streamer.finish()
 
 
-class _RowsStreamer(BaseStreamer):
-    """generate's streamer protocol into each row's queue; the first `put` is the prompt. A row ends at
-    its end-of-turn token or once Stop is seen (later `put`s carry padding for it)."""
-
-    def __init__(self, rows: list[Request], eos: set[int]):
-        self.rows = rows
-        self.eos = eos
-        self.prompt_seen = False
-        self.ended = [False] * len(rows)
-        self.maps: torch.Tensor | None = None  # (B, N): where this step's tokens were chosen looking
-
-    def looked(self, weights: torch.Tensor) -> None:
-        """The family's report of the step whose tokens come next (`FamilyAdapter.generate`)."""
-        self.maps = weights.float().cpu()
-
-    def _end(self, i: int, kind: str, value: Any) -> None:
-        if not self.ended[i]:
-            self.ended[i] = True
-            self.rows[i].out.put((kind, value))
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        for i, token in enumerate(value.reshape(len(self.rows), -1)[:, -1].tolist()):
-            if self.ended[i]:
-                continue
-            if self.rows[i].cancel.is_set():
-                self._end(i, "end", "stopped")
-                continue
-            if self.maps is not None:  # before the token: a request that sees its end reads its maps
-                self.rows[i].attention.append(self.maps[i].clone())
-            self.rows[i].emit(token)
-            if token in self.eos:  # the reasons the step-by-step rows end with (`Scheduler._advance`)
-                self._end(i, "end", "eos")
-            elif len(self.rows[i].tokens) >= self.rows[i].settings.max_new_tokens:
-                self._end(i, "end", "length")
-
-    def end(self) -> None:
-        pass
-
-    def finish(self) -> None:
-        for i, r in enumerate(self.rows):
-            self._end(i, "end", "stopped" if r.cancel.is_set() else "length")
-
-    def fail(self, error: BaseException, only_started: bool = False) -> None:
-        for i, r in enumerate(self.rows):
-            if not only_started or r.tokens:
-                self._end(i, "error", error)
-
-
 def _last_error() -> BaseException:
     import sys
 
     return sys.exc_info()[1] or RuntimeError("generation failed")
 
 
-def choose_tokens(logits: torch.Tensor, rows: list[Request]) -> torch.Tensor:
-    """(B, V) logits -> (B,) tokens: argmax for greedy rows; temperature, top-p and a draw for the others."""
-    tokens = logits.argmax(dim=-1)
-    sampled = [i for i, r in enumerate(rows) if r.settings.do_sample]
-    if not sampled:
-        return tokens
-    idx = torch.tensor(sampled, device=logits.device)
-    temps = torch.tensor([rows[i].settings.temperature for i in sampled], device=logits.device)
-    top_p = torch.tensor([rows[i].settings.top_p for i in sampled], device=logits.device)
-    scores = logits[idx].float() / temps[:, None]
-    # top-p as transformers' TopPLogitsWarper: drop the least likely tokens whose mass is at most 1 - top_p.
-    ordered, order = scores.sort(dim=-1)
-    drop = ordered.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)[:, None]
-    drop[:, -1] = False  # keep at least the most likely token
-    scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    tokens[idx] = torch.multinomial(scores.softmax(dim=-1), 1)[:, 0]
-    return tokens
-
-
-def _still_in(batch: _Batch | None, waiting: list[_Unsure]) -> list[_Unsure]:
+def _still_in(batch: Batch | None, waiting: list[_Unsure]) -> list[_Unsure]:
     """The rows `waiting` that are still in `batch` (a row stopped meanwhile has left it)."""
     rows = {id(r) for r in batch.rows} if batch is not None else set()
     return [w for w in waiting if id(w.request) in rows]
-
-
-def _select(batch: _Batch, keep: list[int], adapter: Any, slots: ImageSlots | None = None) -> _Batch:
-    """The rows `keep`, with the leading columns that none of them uses cut off. Where `slots` hold
-    the batch's images, they keep the rows in place (the rows' order may change with them); else
-    the images are copied out."""
-    if slots is not None and slots.owns(batch.images):
-        keep, images = slots.keep(keep)
-    else:
-        images = adapter.select_images(batch.images, torch.tensor(keep, device=batch.mask.device))
-    idx = torch.tensor(keep, device=batch.mask.device)
-    mask = batch.mask[idx]
-    used = mask.any(dim=0).nonzero()
-    start = int(used[0]) if len(used) else mask.shape[1]
-    return _Batch(
-        rows=[batch.rows[i] for i in keep],
-        past=[(k[idx, :, start:], v[idx, :, start:]) for k, v in batch.past],
-        mask=mask[:, start:],
-        pos=batch.pos[idx],
-        images=images,
-        next_tokens=batch.next_tokens[idx],
-    )
-
-
-def _merge(a: _Batch, b: _Batch, adapter: Any, images: Any = None) -> _Batch:
-    """Two batches as one: the shorter one's keys/values and mask left-padded to the longer's length.
-    `images`: both batches' image states already together (the slots'), else they are stacked."""
-    L = max(a.mask.shape[1], b.mask.shape[1])
-
-    def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
-        n = L - t.shape[dim]
-        if n == 0:
-            return t
-        shape = list(t.shape)
-        shape[dim] = n
-        return torch.cat([t.new_zeros(shape), t], dim=dim)
-
-    return _Batch(
-        rows=a.rows + b.rows,
-        past=[
-            (torch.cat([pad(ka, 2), pad(kb, 2)]), torch.cat([pad(va, 2), pad(vb, 2)]))
-            for (ka, va), (kb, vb) in zip(a.past, b.past)
-        ],
-        mask=torch.cat([pad(a.mask, 1), pad(b.mask, 1)]),
-        pos=torch.cat([a.pos, b.pos]),
-        images=images if images is not None else adapter.stack_images([a.images, b.images]),
-        next_tokens=torch.cat([a.next_tokens, b.next_tokens]),
-    )

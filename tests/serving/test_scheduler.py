@@ -114,7 +114,7 @@ def test_newcomers_join_a_running_batch_and_answer_as_alone(tiny_checkpoint, apa
 def test_the_forward_cost_fit_tells_a_cpu_from_a_gpu():
     """Forwards whose time grows with their positions (a CPU) pay for a second forward sooner than
     padding; forwards of nearly fixed cost (a GPU) never do, and nothing is split before a fit."""
-    from mmchat.serving.scheduler import ForwardCost
+    from mmchat.serving.forward_cost import ForwardCost
 
     cpu, gpu = ForwardCost(), ForwardCost()
     assert not cpu.cheaper_apart(wasted=10_000)  # no forwards seen yet: mix
