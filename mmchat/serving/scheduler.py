@@ -50,12 +50,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from PIL import Image
 
 from .answer_tree import AnswerTree, LikelyAnswers, grow_tree, tree_mask
 from .batch import Batch, merge_batches, select_rows
 from .cache import LRUBytes, PrefixCache
 from .drafts import AnswerNgrams
+from .encode_beside import EncodeBeside
 from .forward_cost import ForwardCost
 from .kv import KV
 from .request import Request, choose_tokens
@@ -134,20 +134,9 @@ class Scheduler:
         self._looker = ThreadPoolExecutor(1, thread_name_prefix="mmchat-look") if side else None
         self._parked: list[_Parked] = []
         # There too, on a CPU (where it was measured: the encode uses the second core), new images are
-        # encoded on a thread of their own while the batch goes on; their requests wait in
-        # `_awaiting` until their image is encoded (`Request.image_state`).
+        # encoded on threads of their own while the batch goes on (`encode_beside.py`).
         beside = side and adapter.device.type == "cpu"
-        self._encoder = ThreadPoolExecutor(1, thread_name_prefix="mmchat-encode") if beside else None
-        # A burst of at least `split_encode_at` new images (many users arriving at once) is encoded in
-        # two halves side by side, the second on a helper thread: meanwhile the scheduler mostly waits
-        # for them, and one thread left the second core idle (measured in `_encode_queued`).
-        self._encode_helper = ThreadPoolExecutor(1, thread_name_prefix="mmchat-encode-helper") if beside else None
-        self.split_encode_at = 8
-        self._to_encode: dict[str, Image.Image] = {}  # queued for the encode thread, taken all at once
-        self._encoding: set[str] = set()  # image keys queued or being encoded
-        self._encode_lock = threading.Lock()
-        self._encodes: list[Future] = []  # -> (image keys, their states, or None where it failed)
-        self._awaiting: list[Request] = []
+        self.beside = EncodeBeside(adapter, self.images, lambda: self._queue.put(("encoded", None))) if beside else None
         self._thread: threading.Thread | None = None
         if threaded:
             self._thread = threading.Thread(target=self._loop, name="mmchat-scheduler", daemon=True)
@@ -178,9 +167,10 @@ class Scheduler:
             self._thread.join(timeout=10)
         else:
             self.pump()  # inline: the close is taken now, queued requests get their error
-        for executor in (self._looker, self._encoder, self._encode_helper):
-            if executor is not None:
-                executor.shutdown(wait=False)
+        if self._looker is not None:
+            self._looker.shutdown(wait=False)
+        if self.beside is not None:
+            self.beside.shutdown()
 
     def close_soon(self) -> None:
         self._queue.put(("close", None))
@@ -191,7 +181,11 @@ class Scheduler:
     def _rows(self) -> int:
         """Rows the scheduler holds: the running batch's, those waiting for a second look or their image."""
         running = len(self._batch.rows) if self._batch else 0
-        return running + sum(len(p.batch.rows) for p in self._parked) + len(self._awaiting)
+        return running + sum(len(p.batch.rows) for p in self._parked) + len(self._awaiting())
+
+    def _awaiting(self) -> list[Request]:
+        """The requests waiting for their image to be encoded beside the batch."""
+        return self.beside.waiting if self.beside is not None else []
 
     def release(self, image_keys: list[str]) -> None:
         """Forget what is cached for these images (a conversation cleared or moved to another image)."""
@@ -216,9 +210,11 @@ class Scheduler:
                 kind, item = self._queue.get(block=block and not newcomers)
                 if kind == "close":
                     parked = [r for p in self._parked for r in p.batch.rows]
-                    for request in newcomers + (self._batch.rows if self._batch else []) + parked + self._awaiting:
+                    for request in newcomers + (self._batch.rows if self._batch else []) + parked + self._awaiting():
                         request.out.put(("error", RuntimeError("The engine was closed.")))
-                    self._batch, self._parked, self._awaiting = None, [], []
+                    self._batch, self._parked = None, []
+                    if self.beside is not None:
+                        self.beside.waiting = []
                     return False
                 if kind in ("looked", "encoded"):  # a second look, or new images' encode, ended: its rows come in below
                     block = False
@@ -232,10 +228,12 @@ class Scheduler:
             pass
         if self._batch is None and not newcomers and self._rows() >= self.max_batch:
             # Full, and every row waits on a look or an encode: wait for one (the queue is not read when full).
-            wait([*self._encodes, *(p.look for p in self._parked)], timeout=1.0, return_when=FIRST_COMPLETED)
+            encodes = self.beside.futures if self.beside is not None else []
+            wait([*encodes, *(p.look for p in self._parked)], timeout=1.0, return_when=FIRST_COMPLETED)
         try:
             self._unpark()
-            newcomers = self._with_images(newcomers)
+            if self.beside is not None:  # those whose image is not ready wait there
+                newcomers = self.beside.ready(newcomers)
             if not self.adapter.batched:
                 for group in self._groups(newcomers):
                     self._generate(group)
@@ -353,78 +351,6 @@ class Scheduler:
                     joined = alone if joined is None else merge_batches(joined, alone, self.adapter)
         if joined is not None:
             self._batch = joined if self._batch is None else self._join(self._batch, joined)
-
-    def _with_images(self, newcomers: list[Request]) -> list[Request]:
-        """The requests that can be prefilled now: the newcomers and those that waited, whose image
-        state is cached (or, with no encode thread, will be encoded in the prefill). The others wait
-        while their images are encoded on the encode thread, all that are queued in one batch."""
-        if self._encoder is None:
-            return newcomers
-        for done in [f for f in self._encodes if f.done()]:
-            self._encodes.remove(done)
-            self._encoded(*done.result())
-        ready, waiting, missing = [], [], {}
-        for request, new in [(r, False) for r in self._awaiting] + [(r, True) for r in newcomers]:
-            if request.cancel.is_set():
-                request.out.put(("end", "stopped"))
-            elif request.image_key in self._encoding:
-                waiting.append(request)
-            elif new and self.images.get(request.image_key) is None:
-                missing[request.image_key] = request.image
-                waiting.append(request)
-            else:  # encoded meanwhile; or it failed there, and is encoded in the prefill (errors per request)
-                ready.append(request)
-        self._awaiting = waiting
-        if missing:
-            with self._encode_lock:
-                self._to_encode.update(missing)
-            self._encoding.update(missing)
-            try:
-                encode = self._encoder.submit(self._encode_queued)
-            except RuntimeError:  # the encode thread is shut down: closing
-                self._encoding.difference_update(missing)
-            else:
-                encode.add_done_callback(lambda _: self._queue.put(("encoded", None)))  # wakes an idle scheduler
-                self._encodes.append(encode)
-        return ready
-
-    def _encode_queued(self) -> tuple[list[str], list[Any] | None]:
-        """On the encode thread: every image queued so far, in one batch -> (their keys, their states,
-        or None where the encode failed: their requests' prefill encodes them again, and an error
-        there reaches each request alone)."""
-        with self._encode_lock:
-            images, self._to_encode = self._to_encode, {}
-        if not images:  # an earlier call took them
-            return [], None
-        pictures = list(images.values())
-        try:
-            if len(pictures) >= max(2, self.split_encode_at):
-                # A burst: half on the helper thread. 32 users arriving at once (16 alternating runs a
-                # side): first turns' p50 321 against 397 ms, p95 of all turns 437 against 502 ms,
-                # 113.4 against 109.2 answers/s; 16 users: 188 against 208, 238 against 251 ms, 102.8
-                # against 101.6 (20 runs). Halves from 4 images on gained nothing at 16 users.
-                half = len(pictures) // 2
-                second = self._encode_helper.submit(self._encode, pictures[half:])
-                first = self._encode(pictures[:half])
-                return list(images), first + second.result()
-            return list(images), self._encode(pictures)
-        except Exception as e:  # noqa: BLE001 (see above)
-            logger.warning("encoding %d images beside the batch failed: %s", len(images), e)
-            return list(images), None
-
-    def _encode(self, images: list[Image.Image]) -> list[Any]:
-        with torch.inference_mode():
-            return self.adapter.encode_images(images)
-
-    def _encoded(self, keys: list[str], states: list[Any] | None) -> None:
-        """On the scheduler thread: the encode thread's states to the requests waiting for them, and
-        into the image cache."""
-        self._encoding.difference_update(keys)
-        encoded = dict(zip(keys, states or []))
-        for request in self._awaiting:
-            request.image_state = encoded.get(request.image_key, request.image_state)
-        for key, state in encoded.items():
-            self.images.put(key, state)
 
     def _join(self, running: Batch, joined: Batch) -> Batch:
         """`joined`'s rows after `running`'s; into the running batch's slots when it has them."""

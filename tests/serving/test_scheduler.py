@@ -411,7 +411,7 @@ def test_a_burst_of_new_images_is_encoded_in_two_halves_side_by_side(tiny_checkp
     images = [picture(60 + i) for i in range(7)]
     expected = [engine.answer(image, QUESTIONS[i % len(QUESTIONS)], [], GREEDY) for i, image in enumerate(images)]
     burst = fresh(tiny_checkpoint)
-    burst.scheduler.split_encode_at = 4
+    burst.scheduler.beside.split_at = 4
     encode, calls = burst.adapter.encode_images, []
 
     def timed(batch):  # each encode made 0.2 s longer, so that two at once overlap plainly
