@@ -47,7 +47,7 @@ from mmchat.serving.engine import ChatEngine, GenerationSettings, check_request 
 from mmchat.serving.families import FamilyAdapter, Turn  # noqa: E402
 from mmchat.serving.images import load_image  # noqa: E402
 from mmchat.serving.loading import DTYPES, cpu_bf16_flags, load_model  # noqa: E402
-from mmchat.serving.overlay import overlay_attention  # noqa: E402
+from mmchat.serving.overlay import overlay_attention, overlay_html  # noqa: E402
 from mmchat.serving.process import configure_process, freeze_start_up_heap  # noqa: E402
 
 SETTINGS = GenerationSettings(max_new_tokens=16)
@@ -286,8 +286,20 @@ def spread(r: dict[str, Any]) -> str:
     return f"{r['answers_s']:.2f} answers/s" + (f" (median of {len(rates)} runs: {rates[0]:.1f}-{rates[-1]:.1f})" if len(rates) > 1 else "")
 
 
+def heat_map(engine: Any, image: Image.Image, question: str, answer: str, history: list[Turn]) -> Any:
+    """The heat-map the way the app makes it: the map and its layer for the browser to draw over the
+    image (`attention_grid`, `overlay_html`), or, from an engine without a map of its own (today's),
+    the picture drawn on the server."""
+    if not hasattr(engine, "attention_grid"):
+        return engine.attention_overlay(image, question, answer, history)
+    grid = engine.attention_grid(image, question, answer, history)
+    if grid is None:
+        return None
+    return overlay_html("gradio_api/file=/tmp/upload.png", engine.check(image, question)[0].size, grid, "heat-map")
+
+
 def engine_ask(engine: Any, tokenizer: Any, overlay: bool = True) -> Callable:
-    """Answer through `engine.stream`, then draw the heat-map the way the app does."""
+    """Answer through `engine.stream`, then make the heat-map the way the app does (`heat_map`)."""
 
     def ask(u: int, image: Image.Image, question: str, history: list[Turn]) -> tuple[str, float | None, float | None]:
         start = time.perf_counter()
@@ -299,7 +311,7 @@ def engine_ask(engine: Any, tokenizer: Any, overlay: bool = True) -> Callable:
         heat = None
         if overlay:
             t = time.perf_counter()
-            engine.attention_overlay(image, question, answer, history)
+            heat_map(engine, image, question, answer, history)
             heat = time.perf_counter() - t
         return answer, ttft, heat
 
@@ -440,7 +452,8 @@ def app_ask(url: str, convs: list[tuple[Image.Image, list[str]]], folder: Path) 
       each request and each file it downloads;
     - a `Job` iterated spins on a 1 ms sleep while the answer streams; here only the first update is
       polled for (every 2 ms, for the time to first token), then the job's future is waited on.
-    The heat-map is still downloaded, as a browser does."""
+    Today's app's heat-map, a picture file, is downloaded, as a browser does; the app's own comes
+    inline (its layer a data URI, over the image the chat shows already: nothing to fetch)."""
     from gradio_client import Client, handle_file
 
     files = []

@@ -508,6 +508,19 @@ class ChatEngine:
 
     def attention_overlay(self, image: Any, question: str, answer: str, history: list[Turn] | None = None) -> Image.Image | None:
         """The image with the model's cross-attention for `answer` drawn over it, where the family has it."""
+        found = self._attention_grid(image, question, answer, history)
+        return None if found is None else overlay_attention(*found)
+
+    def attention_grid(self, image: Any, question: str, answer: str, history: list[Turn] | None = None) -> np.ndarray | None:
+        """(h, w) in [0, 1]: where the model looked over the image's patches for `answer`, the map
+        `attention_overlay` draws (the app has the browser draw it: `overlay.overlay_html`)."""
+        found = self._attention_grid(image, question, answer, history)
+        return None if found is None else found[1]
+
+    def _attention_grid(
+        self, image: Any, question: str, answer: str, history: list[Turn] | None
+    ) -> tuple[Image.Image, np.ndarray] | None:
+        """(the image as read, its grid) for `attention_overlay` and `attention_grid`."""
         if not self.adapter.shows_attention or not answer or answer == UNANSWERABLE:
             return None
         image, key, question = self._checked(image, question)
@@ -521,7 +534,7 @@ class ChatEngine:
             inputs = self._fit_history(image, asked, history)
             answer_ids = self.adapter.tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
             grid = self._on_model(lambda: self.adapter.attention_grid(inputs, answer_ids))
-        return None if grid is None else overlay_attention(image, np.asarray(grid))
+        return None if grid is None else (image, np.asarray(grid))
 
     def object_overlays(
         self, image: Any, question: str, answer: str, history: list[Turn] | None = None

@@ -1,8 +1,12 @@
-"""Draw a patch-grid attention map over the image it came from."""
+"""Draw a patch-grid attention map over the image it came from: as a picture (`overlay_attention`),
+or as a small heat layer that the browser lays over the image it already shows (`overlay_html`)."""
 
 from __future__ import annotations
 
+import base64
 import functools
+import html
+import io
 
 import numpy as np
 from PIL import Image
@@ -47,3 +51,40 @@ def overlay_attention(image: Image.Image, grid: np.ndarray, alpha: float = 0.55)
     out = image.convert("RGB")  # a copy even when it is RGB already: `paste` draws in place
     out.paste(color, None, color)  # through the colour's own alpha
     return out
+
+
+def heat_layer(grid: np.ndarray, alpha: float = 0.55, scale: int = 8) -> Image.Image:
+    """`grid` (h, w) of weights in [0, 1] -> a layer of (h * scale, w * scale) pixels, each the
+    ramp's colour of its heat, as opaque as `alpha * heat`: a palette image whose palette has that
+    alpha (as PNG, a 48-px layer took 0.07 ms and 3.5 KB, against 0.26 ms and 5 KB as RGBA).
+    Laid over the image and stretched to it (the browser smooths the stretch), it blends as
+    `overlay_attention` does: base * (1 - alpha * heat) + ramp(heat) * alpha * heat. The ramp is
+    taken before the stretch, not after: at 8 pixels a cell the two differ by at most 11-12 levels
+    at a lone hot cell's peak (1 at the 99th percentile), against 21-31 at 4; a 224-px scene's map
+    is then a PNG of about 1.8 KB, made in 0.1 ms."""
+    h, w = grid.shape
+    heat = _upsample(h, h * scale).T @ np.clip(grid, 0, 1).astype(np.float32) @ _upsample(w, w * scale)
+    level = Image.fromarray(np.clip(heat * 255 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    level.putpalette(_palette(alpha), rawmode="RGBA")  # "L" -> "P"
+    return level
+
+
+def overlay_html(image_url: str, size: tuple[int, int], grid: np.ndarray, alt: str, alpha: float = 0.55) -> str:
+    """The heat-map as HTML: the image (`image_url`, `size` its (width, height)) with `heat_layer`
+    over it, inline as a PNG data URI of a kilobyte or two. The browser composes the two, so the
+    server neither draws nor stores a picture, and no file is fetched for it: with 16 users of the
+    app, answered without any heat-map message, 49.3 against 36.6 answers/s (12 alternating runs),
+    where drawing the picture was a small part of what the file cost (docs/serving-measurements.md)."""
+    buffer = io.BytesIO()
+    heat_layer(grid, alpha).save(buffer, format="PNG", compress_level=1)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    width = min(max(size[0], 224), 448)  # small scenes shown larger; the layer is smoothed to any size
+    fill = "position:absolute;left:0;top:0;width:100%;height:100%;"
+    plain = "margin:0;padding:0;border:0;border-radius:0;max-width:none;max-height:none;object-fit:fill;"
+    return (
+        f'<div class="mmchat-heat" style="position:relative;display:inline-block;line-height:0;'
+        f'width:min(100%,{width}px);aspect-ratio:{size[0]}/{size[1]};overflow:hidden;border-radius:6px">'
+        f'<img src="{html.escape(image_url)}" alt="{html.escape(alt)}" style="{fill}{plain}">'
+        f'<img src="data:image/png;base64,{data}" alt="" style="{fill}{plain}">'
+        "</div>"
+    )

@@ -10,8 +10,10 @@ so turns about the previous image are not given to the model. The conversation i
 
 The `/chat` API endpoint takes `message={"text": ..., "files": [handle_file(path)]}` and the
 generation settings, and returns a list: first the answer text (or a "⚠️ ..." message for input
-it refuses), then, where the model has one, the attention overlay as an assistant message whose
-content is `[{"path": ..., "alt_text": ...}, caption]`.
+it refuses), then, where the model has one, the attention map as an assistant message whose
+content is an HTML snippet, then the caption: the image (its upload's URL) with a small heat layer
+over it, a PNG data URI, which the browser stretches over the image (`overlay.overlay_html`). A
+description's per-object maps come as a picture: `[{"path": ..., "alt_text": ...}, caption]`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import gradio as gr
 from gradio.components.multimodal_textbox import MultimodalData
@@ -34,6 +37,7 @@ from pydantic import model_validator
 
 from .engine import UNANSWERABLE, ChatEngine, ChatInputError, GenerationSettings, ImageInputError, ServingError, Turn
 from .images import NOTES
+from .overlay import overlay_html
 from .panels import panel_sheet
 from .questions import clean_question
 
@@ -51,9 +55,12 @@ MAX_FILE_SIZE = "50mb"
 OVERLAY_ALT = "Where the model looked: its cross-attention over the image (bright = attended)"
 # Shown under the overlay: Gradio's chat does not display an image's alt text.
 OVERLAY_CAPTION = "*Where the model looked (bright = attended)*"
-# JPEG: a smooth heat-map over a picture, which PNG compresses slowly and badly (Gradio's encoder,
-# best of 7: a 224-px overlay 14.5 ms and 74 KB as PNG, 0.1 ms and 5 KB as JPEG; the cheetah
-# example's 502x343 one 63 ms and 205 KB, 0.4 ms and 21 KB).
+# The heat-map message the browser draws (`_heat_map_message`) starts with this.
+HEAT_MAP_HTML = '<div class="mmchat-heat"'
+# For an engine that draws the heat-map itself (the serving benchmark's baseline app), JPEG: a
+# smooth heat-map over a picture, which PNG compresses slowly and badly (Gradio's encoder, best of
+# 7: a 224-px overlay 14.5 ms and 74 KB as PNG, 0.1 ms and 5 KB as JPEG; the cheetah example's
+# 502x343 one 63 ms and 205 KB, 0.4 ms and 21 KB).
 OVERLAY_FORMAT = "jpeg"
 MAX_NEW_TOKENS = 256
 # The note shown instead of `unanswerable` starts with this; like NOTICE, it is never given back to the model.
@@ -235,7 +242,8 @@ def mark_stopped(
         chat.append({"role": "assistant", "content": f"{sent or ''} {STOPPED}".strip()})
         return chat, chat
     text = _last_text(last)
-    pictured = any(kind == "file" for kind, _ in _items(last.get("content")))  # a heat-map comes with the whole answer
+    # A heat-map comes with the whole answer: a picture, or the map the browser draws.
+    pictured = text.startswith(HEAT_MAP_HTML) or any(kind == "file" for kind, _ in _items(last.get("content")))
     if pictured or text.startswith((NOTICE, INFO)) or text.endswith(STOPPED):
         return chat, chat  # the answer had ended (or was marked) before Stop arrived
     if sent and sent.startswith(text):
@@ -260,10 +268,28 @@ def remark_stopped(history: list[dict[str, Any]], answer: str | None) -> None:
         last["content"] = f"{answer} {STOPPED}"  # as far as it was sent, as Stop showed it
 
 
+def _heat_map_message(engine: ChatEngine, image: str, question: str, answer: str, turns: list[Turn]) -> dict | None:
+    """The attention map as a chat message the browser draws: the user's image, which Gradio's
+    upload folder serves already, with a small heat layer over it (`overlay_html`); or None.
+    Drawing the picture on the server, saving it and having each browser fetch it cost a quarter
+    of the app's answers at 16 users (49.3 against 36.6 answers/s without any heat-map message)."""
+    try:
+        grid = engine.attention_grid(image, question, answer, turns)
+        if grid is None:
+            return None
+        size = engine.check(image, question)[0].size  # as read: EXIF-turned, as the browser shows it
+    except Exception:  # the map is an extra: never lose the answer because it failed
+        logger.exception("attention map failed")
+        return None
+    html = overlay_html(f"gradio_api/file={quote(image)}", size, grid, OVERLAY_ALT)
+    return {"role": "assistant", "content": f"{html}\n\n{OVERLAY_CAPTION}"}
+
+
 def _overlay_message(
     engine: ChatEngine, image: str, question: str, answer: str, turns: list[Turn], image_format: str
 ) -> dict | None:
-    """The attention overlay as a chat message holding an image file, or None."""
+    """The attention overlay as a chat message holding an image file, or None: for an engine with
+    no `attention_grid` (the serving benchmark's baseline app, as the app was)."""
     try:
         overlay = engine.attention_overlay(image, question, answer, turns)
     except Exception:  # the picture is an extra: never lose the answer because it failed
@@ -407,7 +433,10 @@ def build_demo(
             )
         # A description gets a map per object it named; any other answer one map.
         overlay = _panels_message(engine, image, question, answer, turns)
-        overlay = overlay or _overlay_message(engine, image, question, answer, turns, overlay_format)
+        if overlay is None and hasattr(engine, "attention_grid"):
+            overlay = _heat_map_message(engine, image, question, answer, turns)
+        elif overlay is None:
+            overlay = _overlay_message(engine, image, question, answer, turns, overlay_format)
         yield [answer, *([overlay] if overlay else []), *(f"{INFO} {note}" for note in notes)]
 
     # All GPU work of a turn (generation and the attention picture) happens inside `respond`.
@@ -482,7 +511,9 @@ def build_demo(
         api_name="chat",
         api_description=(
             "Answer a question about an image. Returns a list: the answer text (or a '⚠️ ...' "
-            "message for refused input), then the attention overlay message when the model has one."
+            "message for refused input), then, when the model has one, the attention map: an HTML "
+            "snippet of the image with the map over it as a PNG data URI (a picture file for a "
+            "description: one map per object it named)."
         ),
         delete_cache=DELETE_CACHE,
         fill_height=True,

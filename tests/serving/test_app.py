@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import base64
+import html
 import importlib.util
+import io
+import re
 import sys
 import time
 import types
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
 from mmchat.serving.engine import ChatEngine, GenerationSettings
 from mmchat.serving.families import Turn
-from mmchat.serving.ui import BOUNDARY, NOTICE, build_demo, conversation_context
+from mmchat.serving.overlay import heat_layer
+from mmchat.serving.ui import BOUNDARY, HEAT_MAP_HTML, NOTICE, build_demo, conversation_context
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,9 +65,18 @@ def test_chat_api_answers_like_the_engine(running_app: str, engine: ChatEngine, 
     reply = ask(client, question, [image_file])
     first = engine.answer(image_file, question, settings=settings)
     assert reply[0] == first
-    # The attention overlay follows the text: an image file the client has downloaded.
-    overlay = reply[1]["content"]
-    assert Image.open(overlay[0] if isinstance(overlay, list) else overlay).size == Image.open(image_file).size
+    # The attention map follows the text, for the browser to draw: the upload, as the app serves
+    # it, with the map's heat layer over it as a PNG data URI.
+    shown = reply[1]["content"]
+    shown = shown if isinstance(shown, str) else next(item for item in shown if isinstance(item, str))
+    assert shown.startswith(HEAT_MAP_HTML) and "Where the model looked" in shown
+    src = html.unescape(re.search(r'<img src="(gradio_api/file=[^"]+)"', shown).group(1))
+    with urllib.request.urlopen(running_app.rstrip("/") + "/" + src) as served:
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(served.read())).convert("RGB")),
+                              np.asarray(Image.open(image_file).convert("RGB")))
+    layer = Image.open(io.BytesIO(base64.b64decode(re.search(r'data:image/png;base64,([^"]+)"', shown).group(1))))
+    wanted = heat_layer(engine.attention_grid(image_file, question, first))
+    assert np.abs(np.asarray(layer.convert("RGBA"), int) - np.asarray(wanted.convert("RGBA"), int)).max() <= 3
 
     # Same session, no new image: a follow-up about the same image, with the first turn as history.
     follow_up = "How many objects are there?"
@@ -355,6 +371,9 @@ def test_stop_keeps_the_partial_answer_marked_and_out_of_the_history(image_file:
     pictured = [*asked, {"role": "assistant", "content": "blue"},
                 {"role": "assistant", "content": [{"path": image_file, "alt_text": "heat-map"}, "*Where the model looked*"]}]
     assert mark_stopped(pictured)[0] == pictured
+    mapped = [*asked, {"role": "assistant", "content": "blue"},
+              {"role": "assistant", "content": f'{HEAT_MAP_HTML} style="position:relative"></div>\n\n*Where the model looked*'}]
+    assert mark_stopped(mapped)[0] == mapped  # the map the browser draws, likewise
     # The server had sent more than the browser showed: marked as far as the server had sent it;
     # never text that does not go on from the browser's (another answer's).
     assert mark_stopped([*asked, {"role": "assistant", "content": "blu"}], sent="blue ci")[0][-1]["content"] == (
@@ -411,7 +430,8 @@ def test_stop_pressed_after_the_heat_map_arrived_leaves_the_answer_as_it_is(engi
     asked = [{"role": "user", "content": [{"path": image_file}, question]}]
     answer, heat_map = reply[:2]  # (this tiny model's answers also get a note: an answer usually ends with its map)
     shown = as_ui_history(demo, [*asked, {"role": "assistant", "content": answer}, heat_map])
-    assert any(isinstance(item, dict) and item.get("type") == "file" for item in shown[-1]["content"])  # the heat-map
+    texts = [item.get("text", "") for item in shown[-1]["content"] if isinstance(item, dict)]
+    assert texts and texts[0].startswith(HEAT_MAP_HTML)  # the heat-map, which the browser draws
     assert stop(shown, session) == (shown, shown)
 
 

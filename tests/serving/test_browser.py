@@ -37,6 +37,9 @@ CHROMIUM_ARGS = [
 SCREENSHOT = ROOT / "test-artifacts" / "browser.png"
 TIMEOUT_MS = 30_000
 PLACEHOLDER = "Attach an image and ask a question about it…"
+# The heat-map the browser draws: the upload, and the heat layer over it (`overlay.overlay_html`).
+HEAT_MAP_IMAGE = "img[alt^='Where the model looked']"
+HEAT_MAP_LAYER = "img[src^='data:image/png']"
 
 
 def _browser_or_skip() -> None:
@@ -113,8 +116,14 @@ def test_ask_about_an_uploaded_image_in_the_browser(
         textbox.press("Enter")
 
         bot = page.locator("[data-testid=bot]")
-        # The overlay is added after the streamed text ends, so its image marks a finished answer.
-        expect(bot.locator("img")).to_be_visible(timeout=TIMEOUT_MS)
+        # The map is added after the streamed text ends, so it marks a finished answer: the upload
+        # (served by the app) with the heat layer over it, both loaded and drawn by the browser.
+        image, layer = bot.locator(HEAT_MAP_IMAGE), bot.locator(HEAT_MAP_LAYER)
+        expect(image).to_be_visible(timeout=TIMEOUT_MS)
+        expect(layer).to_be_visible()
+        assert image.evaluate("i => i.complete && i.naturalWidth > 0") and layer.evaluate("i => i.naturalWidth > 0")
+        box, over = image.bounding_box(), layer.bounding_box()
+        assert box["width"] > 100 and all(abs(box[k] - over[k]) < 1 for k in box)  # the layer covers the image
         expect(bot.get_by_text("Where the model looked")).to_be_visible()
         answer = bot.locator(".message-content").first.inner_text()
         assert visible_text(answer) == visible_text(expected)
@@ -149,13 +158,13 @@ def test_a_saved_conversation_survives_a_reload_and_a_restart(
             textbox = page.get_by_placeholder(PLACEHOLDER)
             textbox.fill(question)
             textbox.press("Enter")
-            expect(bot.locator("img")).to_be_visible(timeout=TIMEOUT_MS)  # the overlay: the answer has ended
+            expect(bot.locator(HEAT_MAP_IMAGE)).to_be_visible(timeout=TIMEOUT_MS)  # the map: the answer has ended
             expect(saved).to_be_visible(timeout=TIMEOUT_MS)  # saved once the turn has ended
 
             page.reload()
             expect(saved).to_be_visible(timeout=TIMEOUT_MS)
             saved.click()
-            expect(bot.locator("img")).to_be_visible(timeout=TIMEOUT_MS)  # the saved overlay is drawn with it
+            expect(bot.locator(HEAT_MAP_IMAGE)).to_be_visible(timeout=TIMEOUT_MS)  # the saved map is drawn with it
             assert visible_text(bot.locator(".message-content").first.inner_text()) == expected
 
         # Uploads live a day; a restart on the same machine keeps them, and a follow-up is then

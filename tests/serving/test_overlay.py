@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import re
+
 import numpy as np
 from PIL import Image
 
-from mmchat.serving.overlay import overlay_attention
+from mmchat.serving.overlay import heat_layer, overlay_attention, overlay_html
 
 
 def test_a_hot_cell_is_drawn_over_its_own_part_of_the_image_only() -> None:
@@ -28,3 +32,29 @@ def test_each_level_is_its_colour_on_the_ramp_blended_by_how_hot_it_is() -> None
         ramp = np.clip(255 * (3 * level / 255 - np.arange(3)), 0, 255)  # black -> red -> yellow -> white
         weight = round(0.55 * level) / 255
         assert np.abs(out[16, 16] - (base * (1 - weight) + ramp * weight)).max() <= 2, heat
+
+
+def test_the_heat_layer_laid_over_the_image_blends_as_the_drawn_picture_does() -> None:
+    """What the browser shows (the layer stretched over the image, through its alpha) is the picture
+    the server would draw, where it is hot and where it is not."""
+    image = Image.new("RGB", (120, 80), (20, 120, 220))
+    grid = np.zeros((4, 6))
+    grid[1, 4] = 1.0
+    layer = heat_layer(grid).convert("RGBA").resize(image.size, Image.BILINEAR)  # as a browser stretches it
+    shown = image.convert("RGBA")
+    shown.alpha_composite(layer)
+    drawn = np.asarray(overlay_attention(image, grid), dtype=int)
+    shown = np.asarray(shown.convert("RGB"), dtype=int)
+    assert np.abs(shown[30, 90] - drawn[30, 90]).max() <= 12  # the hot cell's centre
+    assert (shown[5, 5] == [20, 120, 220]).all() and (shown[70, 10] == [20, 120, 220]).all()
+
+
+def test_the_map_as_html_is_the_image_with_its_layer_over_it() -> None:
+    grid = np.random.default_rng(0).random((12, 12))
+    snippet = overlay_html("gradio_api/file=/tmp/a b.png", (300, 200), grid, 'the "map"')
+    assert snippet.startswith('<div class="mmchat-heat"') and "aspect-ratio:300/200" in snippet
+    assert '<img src="gradio_api/file=/tmp/a b.png" alt="the &quot;map&quot;"' in snippet
+    data = re.search(r'data:image/png;base64,([^"]+)"', snippet).group(1)
+    layer = Image.open(io.BytesIO(base64.b64decode(data)))
+    assert layer.size == (96, 96)
+    assert np.array_equal(np.asarray(layer.convert("RGBA")), np.asarray(heat_layer(grid).convert("RGBA")))
