@@ -272,7 +272,7 @@ def _heat_map_message(engine: ChatEngine, image: str, question: str, answer: str
     """The attention map as a chat message the browser draws: the user's image, which Gradio's
     upload folder serves already, with a small heat layer over it (`overlay_html`); or None.
     Drawing the picture on the server, saving it and having each browser fetch it cost a quarter
-    of the app's answers at 16 users (49.3 against 36.6 answers/s without any heat-map message)."""
+    of the app's answers at 16 users: 38.1 against 50.6 answers/s this way (`overlay_html`)."""
     try:
         grid = engine.attention_grid(image, question, answer, turns)
         if grid is None:
