@@ -26,7 +26,7 @@ from .gate import UNANSWERABLE
 from .images import ImageInputError, load_image
 from .loading import LoadError, load_model
 from .overlay import overlay_attention
-from .panels import object_panels, object_phrases
+from .panels import object_grids, object_phrases
 from .questions import MAX_QUESTION_CHARS, check_question
 from .request import Request
 from .scheduler import Scheduler
@@ -539,17 +539,32 @@ class ChatEngine:
     def object_overlays(
         self, image: Any, question: str, answer: str, history: list[Turn] | None = None
     ) -> list[tuple[str, Image.Image]]:
-        """For a description: (phrase, overlay) per object it names, each from the attention of that
-        phrase's tokens while answering; [] when the answer names no object or the family has no map."""
+        """For a description: (phrase, overlay) per object it names (`object_grids`, drawn over the image)."""
+        found = self._object_grids(image, question, answer, history)
+        return [(phrase, overlay_attention(found[0], grid)) for phrase, grid in found[1]] if found else []
+
+    def object_grids(
+        self, image: Any, question: str, answer: str, history: list[Turn] | None = None
+    ) -> list[tuple[str, np.ndarray]]:
+        """For a description: (phrase, (h, w) grid in [0, 1]) per object it names, each from the
+        attention of that phrase's tokens while answering; [] when the answer names no object or
+        the family has no map (the app has the browser draw them: `panels.panels_html`)."""
+        found = self._object_grids(image, question, answer, history)
+        return found[1] if found else []
+
+    def _object_grids(
+        self, image: Any, question: str, answer: str, history: list[Turn] | None
+    ) -> tuple[Image.Image, list[tuple[str, np.ndarray]]] | None:
+        """(the image as read, its objects' grids) for `object_overlays` and `object_grids`."""
         if not self.adapter.records_attention or not object_phrases(answer):
-            return []
+            return None
         image, key, question = self._checked(image, question)
         weights = self._answer_attention(image, key, question, answer, history or [])  # (A, N), one row per answer token
         if weights is None or not len(weights):
-            return []
+            return None
         grids = self.adapter.weight_grids(weights, image)
         offsets = self.adapter.tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        return object_panels(image, answer, offsets, grids)
+        return image, object_grids(answer, offsets, grids)
 
 
 def _lookup(image_key: str, question: str, history: list[Turn]) -> tuple:

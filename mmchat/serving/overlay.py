@@ -73,7 +73,9 @@ def heat_layer(grid: np.ndarray, alpha: float = 0.55, scale: int = 8) -> Image.I
     return _levels(grid, h * scale, w * scale, alpha)
 
 
-def overlay_html(image_url: str, size: tuple[int, int], grid: np.ndarray, alt: str, alpha: float = 0.55) -> str:
+def overlay_html(
+    image_url: str, size: tuple[int, int], grid: np.ndarray, alt: str, alpha: float = 0.55, width: int | None = None
+) -> str:
     """The heat-map as HTML: the image (`image_url`, `size` its (width, height)) with `heat_layer`
     over it, inline as a PNG data URI of a kilobyte or two. The browser composes the two, so the
     server neither draws nor stores a picture, and no file is fetched for it. With 16 users the app
@@ -83,7 +85,8 @@ def overlay_html(image_url: str, size: tuple[int, int], grid: np.ndarray, alt: s
     buffer = io.BytesIO()
     heat_layer(grid, alpha).save(buffer, format="PNG", compress_level=1)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    width = min(max(size[0], 224), 448)  # small scenes shown larger; the layer is smoothed to any size
+    if width is None:  # small scenes shown larger; the layer is smoothed to any size
+        width = min(max(size[0], 224), 448)
     fill = "position:absolute;left:0;top:0;width:100%;height:100%;"
     plain = "margin:0;padding:0;border:0;border-radius:0;max-width:none;max-height:none;object-fit:fill;"
     return (

@@ -12,8 +12,8 @@ The `/chat` API endpoint takes `message={"text": ..., "files": [handle_file(path
 generation settings, and returns a list: first the answer text (or a "⚠️ ..." message for input
 it refuses), then, where the model has one, the attention map as an assistant message whose
 content is an HTML snippet, then the caption: the image (its upload's URL) with a small heat layer
-over it, a PNG data URI, which the browser stretches over the image (`overlay.overlay_html`). A
-description's per-object maps come as a picture: `[{"path": ..., "alt_text": ...}, caption]`.
+over it, a PNG data URI, which the browser stretches over the image (`overlay.overlay_html`); for
+a description, one such map per object it named, captioned (`panels.panels_html`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pydantic import model_validator
 from .engine import UNANSWERABLE, ChatEngine, ChatInputError, GenerationSettings, ImageInputError, ServingError, Turn
 from .images import NOTES
 from .overlay import overlay_html
-from .panels import panel_sheet
+from .panels import panel_sheet, panels_html
 from .questions import clean_question
 
 logger = logging.getLogger(__name__)
@@ -55,8 +55,8 @@ MAX_FILE_SIZE = "50mb"
 OVERLAY_ALT = "Where the model looked: its cross-attention over the image (bright = attended)"
 # Shown under the overlay: Gradio's chat does not display an image's alt text.
 OVERLAY_CAPTION = "*Where the model looked (bright = attended)*"
-# The heat-map message the browser draws (`_heat_map_message`) starts with this.
-HEAT_MAP_HTML = '<div class="mmchat-heat"'
+# The heat-map messages the browser draws (`_heat_map_message`, `_panels_message`) start with this.
+HEAT_MAP_HTML = '<div class="mmchat-heat'
 # For an engine that draws the heat-map itself (the serving benchmark's baseline app), JPEG: a
 # smooth heat-map over a picture, which PNG compresses slowly and badly (Gradio's encoder, best of
 # 7: a 224-px overlay 14.5 ms and 74 KB as PNG, 0.1 ms and 5 KB as JPEG; the cheetah example's
@@ -281,8 +281,13 @@ def _heat_map_message(engine: ChatEngine, image: str, question: str, answer: str
     except Exception:  # the map is an extra: never lose the answer because it failed
         logger.exception("attention map failed")
         return None
-    html = overlay_html(f"gradio_api/file={quote(image)}", size, grid, OVERLAY_ALT)
-    return {"role": "assistant", "content": f"{html}\n\n{OVERLAY_CAPTION}"}
+    return {"role": "assistant", "content": f"{overlay_html(_upload_url(image), size, grid, OVERLAY_ALT)}\n\n{OVERLAY_CAPTION}"}
+
+
+def _upload_url(path: str) -> str:
+    """Where the page fetches an upload of this chat from: Gradio's file route, relative to the page
+    (so it holds under a root path, as on a Space behind its proxy)."""
+    return f"gradio_api/file={quote(path)}"
 
 
 def _overlay_message(
@@ -331,7 +336,18 @@ def boundary_note(engine: ChatEngine, because: str | None = None) -> str:
 
 
 def _panels_message(engine: ChatEngine, image: str, question: str, answer: str, turns: list[Turn]) -> dict | None:
-    """For a description: one small attention map per object it named, as one captioned picture."""
+    """For a description: one small attention map per object it named, captioned, for the browser
+    to draw (`panels_html`); from an engine that only draws them, as one captioned picture."""
+    if hasattr(engine, "object_grids"):
+        try:
+            grids = engine.object_grids(image, question, answer, turns)
+            if not grids:
+                return None
+            size = engine.check(image, question)[0].size
+        except Exception:  # an extra, like the map
+            logger.exception("object maps failed")
+            return None
+        return {"role": "assistant", "content": f"{panels_html(_upload_url(image), size, grids)}\n\n{PANELS_CAPTION}"}
     if not hasattr(engine, "object_overlays"):
         return None
     try:
@@ -512,8 +528,8 @@ def build_demo(
         api_description=(
             "Answer a question about an image. Returns a list: the answer text (or a '⚠️ ...' "
             "message for refused input), then, when the model has one, the attention map: an HTML "
-            "snippet of the image with the map over it as a PNG data URI (a picture file for a "
-            "description: one map per object it named)."
+            "snippet of the image with the map over it as a PNG data URI (for a description, one "
+            "such map per object it named)."
         ),
         delete_cache=DELETE_CACHE,
         fill_height=True,

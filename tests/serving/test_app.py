@@ -372,8 +372,10 @@ def test_stop_keeps_the_partial_answer_marked_and_out_of_the_history(image_file:
                 {"role": "assistant", "content": [{"path": image_file, "alt_text": "heat-map"}, "*Where the model looked*"]}]
     assert mark_stopped(pictured)[0] == pictured
     mapped = [*asked, {"role": "assistant", "content": "blue"},
-              {"role": "assistant", "content": f'{HEAT_MAP_HTML} style="position:relative"></div>\n\n*Where the model looked*'}]
-    assert mark_stopped(mapped)[0] == mapped  # the map the browser draws, likewise
+              {"role": "assistant", "content": f'{HEAT_MAP_HTML}-panels" style="display:flex"></div>\n\n*Where the model looked*'}]
+    assert mark_stopped(mapped)[0] == mapped  # the maps the browser draws, likewise
+    mapped[-1] = {"role": "assistant", "content": f'{HEAT_MAP_HTML}" style="position:relative"></div>\n\n*Where the model looked*'}
+    assert mark_stopped(mapped)[0] == mapped
     # The server had sent more than the browser showed: marked as far as the server had sent it;
     # never text that does not go on from the browser's (another answer's).
     assert mark_stopped([*asked, {"role": "assistant", "content": "blu"}], sent="blue ci")[0][-1]["content"] == (

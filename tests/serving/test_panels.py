@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import re
+
 import numpy as np
 from PIL import Image
 
-from mmchat.serving.panels import object_panels, object_phrases, panel_sheet, phrase_tokens
+from mmchat.serving.overlay import heat_layer
+from mmchat.serving.panels import object_grids, object_panels, object_phrases, panel_sheet, panels_html, phrase_tokens
 
 
 def test_phrases_are_found_in_order_with_their_spans() -> None:
@@ -36,3 +41,22 @@ def test_each_object_gets_the_map_of_its_own_tokens() -> None:
     assert abs(second[60, 60] - 690) > 30 and abs(second[4, 4] - 690) < 1
     sheet = panel_sheet(panels, tile=64)
     assert sheet.width > 2 * 64 and sheet.height > 64
+
+
+def test_the_objects_maps_as_html_are_each_objects_own_map_captioned() -> None:
+    answer = "large red circle, small blue square"
+    offsets = [(0, 5), (6, 9), (10, 17), (18, 23), (24, 28), (29, 35)]
+    grids = np.zeros((6, 4, 4))
+    grids[:3, 0, 0] = 1.0
+    grids[3:, 3, 3] = 1.0
+    found = object_grids(answer, offsets, grids)
+    assert [p for p, _ in found] == ["large red circle", "small blue square"]
+    snippet = panels_html("gradio_api/file=/tmp/s.png", (64, 64), found, tile=100)
+    assert snippet.startswith('<div class="mmchat-heat-panels"')
+    assert "1. large red circle" in snippet and "2. small blue square" in snippet
+    assert snippet.count('src="gradio_api/file=/tmp/s.png"') == 2 and "width:min(100%,100px)" in snippet
+    layers = [Image.open(io.BytesIO(base64.b64decode(d))) for d in re.findall(r'data:image/png;base64,([^"]+)"', snippet)]
+    assert [np.array_equal(np.asarray(a.convert("RGBA")), np.asarray(heat_layer(g).convert("RGBA")))
+            for a, (_, g) in zip(layers, found)] == [True, True]
+    first, second = (np.asarray(a.convert("RGBA"))[..., 3] for a in layers)  # how opaque: how hot
+    assert first[2, 2] > 100 > first[-3, -3] and second[-3, -3] > 100 > second[2, 2]
