@@ -461,7 +461,9 @@ def app_ask(url: str, convs: list[tuple[Image.Image, list[str]]], folder: Path) 
         path = folder / f"user{u}.png"
         image.save(path)
         files.append(str(path))
-    clients = [Client(url, verbose=False, ssl_verify=False) for _ in convs]
+    # A minute for each request, not httpx's 5 s: on a loaded CPU a 64-user run's queue join once
+    # took longer and ended the run (a browser waits too).
+    clients = [Client(url, verbose=False, ssl_verify=False, httpx_kwargs={"timeout": 60}) for _ in convs]
     values = [SETTINGS.max_new_tokens, SETTINGS.do_sample, SETTINGS.temperature]
 
     def ask(u: int, image: Image.Image, question: str, history: list[Turn]) -> tuple[str, float | None, None]:
