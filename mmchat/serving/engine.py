@@ -26,7 +26,7 @@ from .gate import UNANSWERABLE
 from .images import ImageInputError, load_image
 from .loading import LoadError, load_model
 from .overlay import overlay_attention
-from .panels import object_grids, object_phrases
+from .panels import object_grids, object_panels, object_phrases
 from .questions import MAX_QUESTION_CHARS, check_question
 from .request import Request
 from .scheduler import Scheduler
@@ -540,8 +540,8 @@ class ChatEngine:
         self, image: Any, question: str, answer: str, history: list[Turn] | None = None
     ) -> list[tuple[str, Image.Image]]:
         """For a description: (phrase, overlay) per object it names (`object_grids`, drawn over the image)."""
-        found = self._object_grids(image, question, answer, history)
-        return [(phrase, overlay_attention(found[0], grid)) for phrase, grid in found[1]] if found else []
+        found = self._token_grids(image, question, answer, history)
+        return object_panels(found[0], answer, *found[1:]) if found else []
 
     def object_grids(
         self, image: Any, question: str, answer: str, history: list[Turn] | None = None
@@ -549,22 +549,22 @@ class ChatEngine:
         """For a description: (phrase, (h, w) grid in [0, 1]) per object it names, each from the
         attention of that phrase's tokens while answering; [] when the answer names no object or
         the family has no map (the app has the browser draw them: `panels.panels_html`)."""
-        found = self._object_grids(image, question, answer, history)
-        return found[1] if found else []
+        found = self._token_grids(image, question, answer, history)
+        return object_grids(answer, *found[1:]) if found else []
 
-    def _object_grids(
+    def _token_grids(
         self, image: Any, question: str, answer: str, history: list[Turn] | None
-    ) -> tuple[Image.Image, list[tuple[str, np.ndarray]]] | None:
-        """(the image as read, its objects' grids) for `object_overlays` and `object_grids`."""
+    ) -> tuple[Image.Image, list[tuple[int, int]], np.ndarray] | None:
+        """(the image as read, the answer's token offsets, one grid per answer token), where the
+        answer names an object and the family has maps: what `object_overlays` and `object_grids` read."""
         if not self.adapter.records_attention or not object_phrases(answer):
             return None
         image, key, question = self._checked(image, question)
         weights = self._answer_attention(image, key, question, answer, history or [])  # (A, N), one row per answer token
         if weights is None or not len(weights):
             return None
-        grids = self.adapter.weight_grids(weights, image)
         offsets = self.adapter.tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        return image, object_grids(answer, offsets, grids)
+        return image, offsets, self.adapter.weight_grids(weights, image)
 
 
 def _lookup(image_key: str, question: str, history: list[Turn]) -> tuple:
