@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported here so that `--help` and bad flags answer at once, without loading torch.
     from mmchat.serving.engine import ChatEngine, LoadError
     from mmchat.serving.process import configure_process, freeze_start_up_heap
-    from mmchat.serving.ui import MAX_FILE_SIZE, build_demo, zero_gpu
+    from mmchat.serving.ui import CSS, MAX_FILE_SIZE, build_demo, zero_gpu
 
     configure_process(args.threads)  # torch threads; a short GIL switch interval (mmchat.serving.process)
 
@@ -135,7 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     freeze_start_up_heap()  # what start-up made lives on: no full garbage collection walks it again
     # Each answer in flight holds one of Gradio's worker threads while it waits for its tokens.
     demo.launch(
-        server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_SIZE, max_threads=max(40, concurrency + 8)
+        server_name=args.host,
+        server_port=args.port,
+        max_file_size=MAX_FILE_SIZE,
+        max_threads=max(40, concurrency + 8),
+        css=CSS,
     )
     return 0
 

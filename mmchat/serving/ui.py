@@ -1,7 +1,7 @@
 """The Gradio chat UI: builds components and calls the engine, nothing else.
 
     demo = build_demo(ChatEngine.from_pretrained("models/mmchat-shapes"))
-    demo.queue(default_concurrency_limit=64, max_size=64).launch(max_threads=72)
+    demo.queue(default_concurrency_limit=64, max_size=64).launch(max_threads=72, css=CSS)
 
 One message holds an image and a question (`gr.MultimodalTextbox`). Follow-up questions without
 an image are about the most recent image of the conversation; a new image starts a new context,
@@ -57,6 +57,10 @@ OVERLAY_ALT = "Where the model looked: its cross-attention over the image (brigh
 OVERLAY_CAPTION = "*Where the model looked (bright = attended)*"
 # The heat-map messages the browser draws (`_heat_map_message`, `_panels_message`) start with this.
 HEAT_MAP_HTML = '<div class="mmchat-heat'
+# The app's CSS (`launch(css=CSS)`). Gradio draws a message's HTML at 80 % opacity (its
+# `.message-wrap .prose.chatbot.md`), which washed the heat-map out: 22 levels off the picture in a
+# flat part of it. A message with a map is drawn as it is.
+CSS = ".message-wrap .prose.chatbot.md:has(.mmchat-heat) { opacity: 1; }"
 # For an engine that draws the heat-map itself (the serving benchmark's baseline app), JPEG: a
 # smooth heat-map over a picture, which PNG compresses slowly and badly (Gradio's encoder, best of
 # 7: a 224-px overlay 14.5 ms and 74 KB as PNG, 0.1 ms and 5 KB as JPEG; the cheetah example's
