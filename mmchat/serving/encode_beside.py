@@ -62,18 +62,28 @@ class EncodeBeside:
             else:  # encoded meanwhile; or it failed there, and is encoded in the prefill (errors per request)
                 ready.append(request)
         self.waiting = waiting
-        if missing:
-            with self._lock:
-                self._queued.update(missing)
-            self._encoding.update(missing)
-            try:
-                encode = self._encoder.submit(self._encode_queued)
-            except RuntimeError:  # the encode thread is shut down: closing
-                self._encoding.difference_update(missing)
-            else:
-                encode.add_done_callback(lambda _: self.wake())  # wakes an idle scheduler
-                self.futures.append(encode)
+        self._queue(missing)
         return ready
+
+    def prefetch(self, images: dict[str, Image.Image]) -> None:
+        """On the scheduler thread: encode these images before their requests come (those not cached
+        nor queued already); a request that comes meanwhile waits for its image as if it had asked."""
+        self._queue({key: image for key, image in images.items() if key not in self._encoding and key not in self.images})
+
+    def _queue(self, missing: dict[str, Image.Image]) -> None:
+        """On the scheduler thread: `missing` (image key -> image) to the encode thread."""
+        if not missing:
+            return
+        with self._lock:
+            self._queued.update(missing)
+        self._encoding.update(missing)
+        try:
+            encode = self._encoder.submit(self._encode_queued)
+        except RuntimeError:  # the encode thread is shut down: closing
+            self._encoding.difference_update(missing)
+        else:
+            encode.add_done_callback(lambda _: self.wake())  # wakes an idle scheduler
+            self.futures.append(encode)
 
     def _encode_queued(self) -> tuple[list[str], list[Any] | None]:
         """On the encode thread: every image queued so far, in one batch -> (their keys, their states,

@@ -301,6 +301,19 @@ class ChatEngine:
                 verdict = verdicts.get(key, verdict)
         return verdict
 
+    def _prefetch(self, image: Image.Image, key: str) -> None:
+        """A new image's encode started while the world gate judges it, not after: a burst of new
+        users' images is judged in passes, one at a time, as they come, and the last of 16 reached
+        the scheduler 45-60 ms after the first, the second core mostly idle meanwhile. An image the
+        gate then declines was encoded for nothing (on the encode thread, a few ms) and stays cached
+        until evicted or released."""
+        if self.scheduler is None or self.adapter.world_gate is None:
+            return
+        with self._attention_lock:
+            judged = key in self._verdicts
+        if not judged:
+            self._lane(key).prefetch(key, image)
+
     def declined_because(self, image: Any, question: str) -> str | None:
         """Why the world gate declines `question` about `image` (the answer `unanswerable`): "picture"
         when the image is not of the model's world, "question" when it is but the question fits no
@@ -405,6 +418,7 @@ class ChatEngine:
     ) -> Iterator[str]:
         """Yield the answer so far, growing, until generation ends or `stop_event` is set."""
         image, key, question = self._checked(image, question)
+        self._prefetch(image, key)
         question, history = self._asked(image, key, question, history or [])
         if question is None:  # outside the model's world: declined before any generation
             yield UNANSWERABLE

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from PIL import Image
 
 from .answer_tree import AnswerTree, LikelyAnswers, grow_tree, tree_mask
 from .batch import Batch, merge_batches, select_rows
@@ -149,6 +150,12 @@ class Scheduler:
         self._queue.put(("request", request))
         return request
 
+    def prefetch(self, image_key: str, image: Image.Image) -> None:
+        """Start encoding a new image before its request is submitted, where images are encoded
+        beside the batch (`encode_beside.py`); a no-op where it is cached already."""
+        if self.beside is not None and image_key not in self.images:
+            self._queue.put(("prefetch", (image_key, image)))
+
     def call(self, fn: Callable[[], Any], timeout_s: float | None = None) -> Any:
         """Run `fn` on the scheduler thread (between steps) and return its result or raise its error."""
         if not self.threaded:
@@ -204,6 +211,7 @@ class Scheduler:
         """One round: take what is queued (waiting for it when idle and `block`), admit the newcomers,
         run one decode step. False once the scheduler is closed."""
         newcomers: list[Request] = []
+        prefetch: dict[str, Image.Image] = {}
         block = block and self._batch is None
         try:
             while len(newcomers) + self._rows() < self.max_batch:
@@ -217,6 +225,9 @@ class Scheduler:
                         self.beside.waiting = []
                     return False
                 if kind in ("looked", "encoded"):  # a second look, or new images' encode, ended: its rows come in below
+                    block = False
+                elif kind == "prefetch":
+                    prefetch[item[0]] = item[1]
                     block = False
                 elif kind == "call":
                     self._run_call(*item)
@@ -234,6 +245,7 @@ class Scheduler:
             self._unpark()
             if self.beside is not None:  # those whose image is not ready wait there
                 newcomers = self.beside.ready(newcomers)
+                self.beside.prefetch(prefetch)
             if not self.adapter.batched:
                 for group in self._groups(newcomers):
                     self._generate(group)

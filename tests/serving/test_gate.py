@@ -151,6 +151,35 @@ def test_a_burst_of_new_users_images_are_judged_together(gated_checkpoint, shape
     alone.close()
 
 
+def test_a_new_image_is_encoded_while_the_gate_judges_it(gated_checkpoint, shapes_image, noise_image) -> None:
+    """A first turn's image goes to the encoder before the gate's verdict, not after it (a burst's
+    images are judged in passes, one at a time): the gate here waits to see it encoded. The answer
+    is the one an engine gives alone, and a declined picture is declined all the same."""
+    engine = ChatEngine.from_pretrained(gated_checkpoint, device="cpu")
+    gate = engine.adapter.world_gate
+    judge = gate.images_in_world
+    seen: list[bool] = []
+
+    def judged_once_encoded(images: list[Image.Image]) -> list[bool]:
+        deadline = time.monotonic() + 10
+        while not any(len(lane.images) for lane in engine.schedulers) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        seen.append(any(len(lane.images) for lane in engine.schedulers))
+        for lane in engine.schedulers:
+            lane.release(lane.images.keys())  # so that the next image is seen afresh
+        return judge(images)
+
+    gate.images_in_world = judged_once_encoded
+    question = "How many objects are there?"
+    answer = engine.answer(shapes_image, question, settings=SHORT)
+    assert engine.answer(noise_image, question, settings=SHORT) == UNANSWERABLE
+    assert seen == [True, True]
+    alone = ChatEngine.from_pretrained(gated_checkpoint, device="cpu")
+    assert answer == alone.answer(shapes_image, question, settings=SHORT) != UNANSWERABLE
+    engine.close()
+    alone.close()
+
+
 def test_a_picture_the_gate_cannot_read_fails_its_own_user_only(gated_checkpoint, shapes_image) -> None:
     """Judged together, one bad picture fails the pass; the others are judged again and answered."""
     engine = ChatEngine.from_pretrained(gated_checkpoint, device="cpu")
