@@ -201,7 +201,8 @@ def test_the_app_traces_its_forwards_while_it_answers_and_its_answers_do_not_cha
     tiny_checkpoint: str, image_file: str, tmp_path: Path
 ) -> None:
     """`python app.py` traces the model's forwards on a thread of its own once it serves: every graph
-    is kept, it says so in its log, and it answers as the eager engine does, during and after."""
+    is kept, it says so in its log, and it answers as the eager engine does, during and after. (The
+    same app, started once for both: Gradio's request statistics are not rebuilt at every answer.)"""
     from fixtures_app import serve_app
 
     eager = ChatEngine.from_pretrained(tiny_checkpoint, device="cpu")  # bf16 where the CPU has AMX, as the app
