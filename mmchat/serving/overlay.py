@@ -7,8 +7,9 @@ from __future__ import annotations
 import base64
 import functools
 import html
-import io
+import struct
 import urllib.parse
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -62,14 +63,39 @@ def overlay_attention(image: Image.Image, grid: np.ndarray, alpha: float = 0.55)
     return out
 
 
+def _heat_levels(grid: np.ndarray) -> np.ndarray:
+    """`grid` (h, w) of weights in [0, 1] -> (h, w) uint8 heat levels."""
+    return np.clip(np.asarray(grid, dtype=np.float32) * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
 def heat_layer(grid: np.ndarray) -> Image.Image:
     """`grid` (h, w) of weights in [0, 1] -> its heat levels as the alpha of white, one pixel a cell:
     the layer the browser stretches over the image and colours through `RAMP_FILTER`. Heat in the
     alpha, not the grey: the browser stretches an image's colours premultiplied by its alpha but
     its alpha as it is, and a browser that cannot apply the filter still shows a fair map (white,
     as opaque as it is hot)."""
-    levels = np.clip(np.asarray(grid, dtype=np.float32) * 255 + 0.5, 0, 255).astype(np.uint8)
+    levels = _heat_levels(grid)
     return Image.fromarray(np.stack([np.full_like(levels, 255), levels], axis=-1), mode="LA")
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def heat_png(grid: np.ndarray) -> bytes:
+    """`heat_layer` as the bytes of a PNG file, written here: an 8-bit grey-and-alpha image, each row
+    unfiltered, deflated at level 1. Right after an answer (a lone user's, 15.8 ms), `overlay_html`
+    took 212 us this way against 523 with Pillow's `save` of the same layer (medians of 150 answers
+    each, alternating): 0.3 ms, 2 % of the answer."""
+    levels = _heat_levels(grid)
+    h, w = levels.shape
+    rows = np.zeros((h, 1 + 2 * w), np.uint8)  # each row: its filter byte (0: none), then grey, alpha
+    rows[:, 1::2] = 255
+    rows[:, 2::2] = levels
+    header = struct.pack(">IIBBBBB", w, h, 8, 4, 0, 0, 0)  # 8 bits, grey + alpha, deflate, no interlace
+    return b"".join(
+        (b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header), _chunk(b"IDAT", zlib.compress(rows.tobytes(), 1)), _chunk(b"IEND", b""))
+    )
 
 
 def _ramp_filter() -> str:
@@ -106,10 +132,9 @@ def overlay_html(
     in all): as much as with no heat-map message at all (49.3 against 36.6), so the file's handling
     and fetch, more than the drawing, were its cost. The layer at one pixel a cell, coloured by the
     browser, takes 0.52 ms after an answer against 0.86 for a 96-px layer coloured on the server
-    (docs/serving-measurements.md). Its app shows it at full opacity (`ui.CSS`)."""
-    buffer = io.BytesIO()
-    heat_layer(grid).save(buffer, format="PNG", compress_level=1)
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    (docs/serving-measurements.md); 0.21 ms since its PNG is written here (`heat_png`). Its app shows
+    it at full opacity (`ui.CSS`)."""
+    data = base64.b64encode(heat_png(grid)).decode("ascii")
     if width is None:  # small scenes shown larger; the layer is smoothed to any size
         width = min(max(size[0], 224), 448)
     fill = "position:absolute;left:0;top:0;width:100%;height:100%;"

@@ -10,7 +10,7 @@ import urllib.parse
 import numpy as np
 from PIL import Image
 
-from mmchat.serving.overlay import heat_layer, overlay_attention, overlay_html
+from mmchat.serving.overlay import heat_layer, heat_png, overlay_attention, overlay_html
 
 
 def test_a_hot_cell_is_drawn_over_its_own_part_of_the_image_only() -> None:
@@ -82,3 +82,15 @@ def test_the_map_as_html_is_the_image_with_its_layer_over_it() -> None:
     assert layer.size == (12, 12) and len(data) < 500  # one pixel a cell
     assert np.array_equal(np.asarray(layer), np.asarray(heat_layer(grid)))
     assert "<svg" not in snippet  # the chat's sanitizer drops an inline filter's primitives
+
+
+def test_the_layer_written_as_png_is_a_valid_file_of_the_layer_s_pixels() -> None:
+    """`heat_png` writes the PNG itself: any reader must take it, checksums and all, as `heat_layer`."""
+    rng = np.random.default_rng(2)
+    for grid in (rng.random((12, 12)), rng.random((3, 7)) * 1.5 - 0.2, np.zeros((1, 1)), np.ones((16, 9))):
+        data = heat_png(grid)
+        with Image.open(io.BytesIO(data)) as checked:
+            checked.verify()  # the chunks' CRCs
+        layer = Image.open(io.BytesIO(data))
+        assert layer.mode == "LA" and layer.size == grid.shape[::-1]
+        assert np.array_equal(np.asarray(layer), np.asarray(heat_layer(grid)))
