@@ -49,6 +49,32 @@ def test_each_row_is_the_median_of_its_runs_after_one_unmeasured():
     assert "median of 3 runs: 10.0-30.0" in serve_bench.spread(r)
 
 
+def test_a_row_s_baseline_runs_beside_it_before_and_after_its_runs_in_turn():
+    """The CPU is shared and its load moves within minutes: each row's ratio is taken against the
+    baseline's runs interleaved with the row's own, not against a row measured minutes before."""
+    calls = []
+
+    def one(name, rate):
+        records = [{"user": 0, "turn": t, "latency": 1 / rate, "ttft": None, "heat": None, "answer": "x"} for t in range(2)]
+        with serve_bench.Peak() as peak:
+            pass
+        return serve_bench.summarize(records, 2 / rate, peak)
+
+    def run(k):
+        calls.append(("row", k))
+        return one("row", {-1: 1.0, 0: 80.0, 1: 60.0, 2: 70.0}[k])
+
+    def beside(k):
+        calls.append(("today", k))
+        return one("today", {0: 8.0, 1: 6.0, 2: 9.0}[k])
+
+    r = serve_bench.measured(run, repeats=3, beside=beside)
+    assert calls == [("row", -1), ("today", 0), ("row", 0), ("row", 1), ("today", 1), ("today", 2), ("row", 2)]
+    assert r["answers_s"] == 70.0 and r["beside"]["answers_s"] == 8.0 and r["beside"]["rates"] == [6.0, 8.0, 9.0]
+    assert r["beside"]["p50"] == pytest.approx(1 / 8.0)
+    assert "beside" not in serve_bench.measured(run, repeats=1)
+
+
 def test_a_run_names_the_cpu_it_ran_on(tmp_path):
     """Figures differ between CPUs, so each run says which one it had, with its bf16 matrix units."""
     info = tmp_path / "cpuinfo"
