@@ -85,7 +85,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def heat_png(grid: np.ndarray) -> bytes:
     """`heat_layer` as the bytes of a PNG file, written here: an 8-bit grey-and-alpha image, each row
     unfiltered, deflated at level 1. Right after an answer (a lone user's, 15.8 ms), `overlay_html`
-    took 212 us this way against 523 with Pillow's `save` of the same layer (medians of 150 answers
+    took 212 µs this way against 523 with Pillow's `save` of the same layer (medians of 150 answers
     each, alternating): 0.3 ms, 2 % of the answer."""
     levels = _heat_levels(grid)
     h, w = levels.shape

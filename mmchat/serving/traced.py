@@ -148,7 +148,7 @@ class Forwards:
         self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         self.n_layers = len(model.decoder_layers())
         self.device = next(model.parameters()).device
-        self.dtype = model.dtype  # read once: `model.dtype` walks the parameters, 7 us a time, 9 times a prompt's forward
+        self.dtype = model.dtype  # read once: `model.dtype` walks the parameters, 7 µs a time, 9 times a prompt's forward
 
     def __call__(
         self,
