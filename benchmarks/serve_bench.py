@@ -807,7 +807,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label}: {value:.2f} (target {target})")
 
     # Each row against today's lone user measured beside it, run for run (`measured`); against
-    # today's row measured before the engine's, as every run before 2026-12-03 14:30 read it, too.
+    # today's row measured before the engine's, as every run before 2026-12-03 14:04 read it, too.
     for n in args.users:
         ratio(f"engine answers/s, {n} users vs today one at a time (beside it)", eng[n]["answers_s"] / eng[n]["beside"]["answers_s"],
               ">= 8x at 16, >= 12x at 32")
