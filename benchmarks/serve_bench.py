@@ -377,7 +377,7 @@ def matmul_flops_per_s(
     once: the compute limit. On a CPU, `workers` products side by side, each on a thread of its own
     with the process's torch threads (by default as many as fill the cores, as the engine's lanes
     do: one product on one core read 304-717 GFLOP/s on this 2-core Xeon, two at once 595-699 in
-    all). Runs before 2026-12-03 15:15 measured one product, on one core."""
+    all). Runs before 2026-12-03 15:05 measured one product, on one core."""
     if workers is None:
         workers = max(1, (os.cpu_count() or 1) // torch.get_num_threads()) if device == "cpu" else 1
     n = n if device == "cpu" else 8192
