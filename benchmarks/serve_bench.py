@@ -46,6 +46,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from compute_limit import answer_flops, ceiling, forward_calls, forwards_alone, matmul_flops_per_s  # noqa: E402
+
 from mmchat.data.shapes import render_scene, sample_question, sample_scene  # noqa: E402
 from mmchat.serving.engine import ChatEngine, GenerationSettings, check_request  # noqa: E402
 from mmchat.serving.families import FamilyAdapter, Turn  # noqa: E402
@@ -367,92 +369,6 @@ def describe_drafts(adapter: Any, n: int, draft_tokens: int) -> dict[str, Any]:
     return result
 
 
-# --------------------------------------------------------------------------- FLOPs and the compute limit
-
-
-def matmul_flops_per_s(
-    device: str = "cpu", dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 20, workers: int | None = None
-) -> float:
-    """The matmul FLOP/s this device reaches now in the dtype the model computes in, on all of it at
-    once: the compute limit. On a CPU, `workers` products side by side, each on a thread of its own
-    with the process's torch threads (by default as many as fill the cores, as the engine's lanes
-    do: one product on one core read 304-717 GFLOP/s on this 2-core Xeon, two at once 595-699 in
-    all). Runs before 2026-12-03 15:05 measured one product, on one core."""
-    if workers is None:
-        workers = max(1, (os.cpu_count() or 1) // torch.get_num_threads()) if device == "cpu" else 1
-    n = n if device == "cpu" else 8192
-    inner = 4  # products a worker runs per timing, so that starting its thread costs next to nothing
-    pairs = [(torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)) for _ in range(workers)]
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-
-    def work(a: torch.Tensor, b: torch.Tensor) -> None:
-        for _ in range(inner):
-            a @ b
-
-    for a, b in pairs:
-        a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
-        threads = [threading.Thread(target=work, args=pair) for pair in pairs[1:]]
-        for thread in threads:
-            thread.start()
-        work(*pairs[0])
-        for thread in threads:
-            thread.join()
-        sync()
-        best = min(best, time.perf_counter() - t)
-    return workers * inner * 2 * n**3 / best
-
-
-def _count_packed_linears() -> None:
-    """Teach torch's FlopCounterMode a packed linear layer (`mmchat.serving.packed_linear`): it knows
-    no formula for oneDNN's op and counted none of those layers (115.5 MFLOP an answer, not 245.4)."""
-    from torch.utils.flop_counter import flop_registry, register_flop_formula
-
-    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-    if op is None or op in flop_registry:
-        return
-
-    @register_flop_formula(op)
-    def _(x_shape: torch.Size, w_shape: torch.Size, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-        return 2 * math.prod(x_shape[:-1]) * x_shape[-1] * w_shape[0]  # (rows, in) x (out, in)^T
-
-
-def engine_flops_per_answer(engine: ChatEngine, convs: list[tuple[Image.Image, list[str]]]) -> float:
-    """FLOPs the engine's model calls do per answer (image read once per conversation, cached prefixes
-    skipped), counted by torch's FlopCounterMode on the scheduler thread."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    _count_packed_linears()
-
-    total = [0]
-    adapter = engine.adapter
-    step, encode = adapter.step, adapter.encode_images
-
-    def counted(fn: Callable) -> Callable:
-        def run(*args: Any, **kwargs: Any) -> Any:
-            with FlopCounterMode(display=False) as counter:
-                out = fn(*args, **kwargs)
-            total[0] += counter.get_total_flops()
-            return out
-
-        return run
-
-    adapter.step, adapter.encode_images = counted(step), counted(encode)
-    try:
-        answers = 0
-        for image, questions in convs:
-            history: list[Turn] = []
-            for q in questions:
-                history.append(Turn(q, engine.answer(image, q, history, SETTINGS)))
-                answers += 1
-    finally:
-        adapter.step, adapter.encode_images = step, encode
-    return total[0] / answers
-
-
 # --------------------------------------------------------------------------- the app
 
 
@@ -697,7 +613,10 @@ def main(argv: list[str] | None = None) -> int:
 
     engine = ChatEngine(adapter, max_batch=max(args.users), draft_tokens=args.draft_tokens, lanes=args.lanes or None)
     # Counted before tracing: torch's FlopCounterMode does not see inside a traced graph.
-    flops = engine_flops_per_answer(engine, conversations(2, args.turns, seed=99)) if adapter.batched else None
+    flops = answer_flops(engine, conversations(2, args.turns, seed=99), SETTINGS) if adapter.batched else None
+    # The model's own calls, to time alone beside the compute limit (`compute_limit.forwards_alone`).
+    sizes = tuple(b for b in (16, 32, 64) if b <= max(args.users)) or (max(args.users),)
+    calls = forward_calls(adapter, [image for image, _ in conversations(max(sizes), 1, seed=98)], sizes) if args.family == "mmchat" else {}
     if not args.eager:
         # As the app does at start-up (there beside its first users), here before any row is measured;
         # with the unrecorded forwards too, which the heat-map's cost below answers with.
@@ -770,7 +689,14 @@ def main(argv: list[str] | None = None) -> int:
                 answer = plain
             mixed += before != answer
 
-    peak = matmul_flops_per_s(args.device, adapter.model.dtype)
+    # The limit and the model's calls alone, in turns (the CPU's matrix units' rate moved 10x within a
+    # day on this shared host: 80-1,200 GFLOP/s a core), each figure the median of its rounds.
+    limits, alone = [], []
+    for _ in range(3):
+        limits.append(matmul_flops_per_s(args.device, adapter.model.dtype))
+        alone.append(forwards_alone(calls, args.device))
+    peak = statistics.median(limits)
+    rates = {name: statistics.median(r[name] for r in alone) for name in calls}
     one_core = matmul_flops_per_s(args.device, adapter.model.dtype, workers=1) if args.device == "cpu" else None
     engine.close()
 
@@ -859,10 +785,21 @@ def main(argv: list[str] | None = None) -> int:
     saturated = max(eng, key=lambda n: eng[n]["answers_s"])  # the user count that got the most answers/s
     best = eng[saturated]["answers_s"]
     if flops:
+        per_answer = sum(flops.values())
         print(
-            f"compute: {flops / 1e6:.1f} MFLOP per answer (engine, counted), {adapter.dtype_name} matmul {peak / 1e9:.1f} GFLOP/s "
-            f"measured on the whole {args.device}" + (f" (one product on one core: {one_core / 1e9:.1f})" if one_core else "") + "; "
-            f"saturated ({saturated} users) {best:.1f} answers/s = {best * flops / peak:.1%} of the compute limit (target >= 25%)"
+            f"compute: {per_answer / 1e6:.1f} MFLOP per answer (engine, counted; {flops['encode'] / per_answer:.0%} of it the images' encodes), "
+            f"{adapter.dtype_name} matmul {peak / 1e9:.1f} GFLOP/s measured on the whole {args.device} "
+            f"(median of {len(limits)}: {', '.join(f'{x / 1e9:.0f}' for x in limits)})"
+            + (f" (one product on one core: {one_core / 1e9:.1f})" if one_core else "") + "; "
+            f"saturated ({saturated} users) {best:.1f} answers/s = {best * per_answer / peak:.1%} of the compute limit (target >= 25%)"
+        )
+    if flops and rates:
+        most = ceiling(flops, rates)
+        print(
+            "the model's own calls alone, a call per core side by side: "
+            + ", ".join(f"{name} {rate / 1e9:.1f} GFLOP/s ({rate / peak:.0%})" for name, rate in rates.items())
+            + f"; an engine with no cost of its own would serve answers at most at {most / 1e9:.1f} GFLOP/s = {most / peak:.1%} "
+            f"of the compute limit; this one at {best * per_answer / most:.0%} of that"
         )
     if "app" in results and "app, today" in results:
         app, old = results["app"], results["app, today"]
@@ -882,7 +819,8 @@ def main(argv: list[str] | None = None) -> int:
             for r in group.values():
                 r.pop("records", None)
                 r.get("beside", {}).pop("records", None)
-        Path(args.json).write_text(json.dumps({**results, "cpu": cpu, "heat_map_cost": heat_costs, "describe_drafts": drafts}, indent=1))
+        Path(args.json).write_text(json.dumps({**results, "cpu": cpu, "heat_map_cost": heat_costs, "describe_drafts": drafts,
+                                           "compute": {"flops_per_answer": flops, "limits": limits, "one_core": one_core, "alone": rates}}, indent=1))
     return 0
 
 

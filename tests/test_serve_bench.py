@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from mmchat.serving.engine import ChatEngine, ChatInputError
 from mmchat.serving.loading import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import compute_limit  # noqa: E402
 import serve_bench  # noqa: E402
 
 
@@ -94,14 +96,51 @@ def test_an_answers_flops_are_counted_alike_with_the_weights_packed_and_without(
 
     convs = serve_bench.conversations(2, 2, seed=3)
 
-    def flops(pack: bool) -> float:
+    def flops(pack: bool) -> dict[str, float]:
         monkeypatch.setattr(mmchat_family.MMChatAdapter, "pack_weights", pack)
         engine = ChatEngine(load_model(tiny_checkpoint, device="cpu", dtype="bfloat16"))
         try:
             assert any(hasattr(m, "packed_weight") for m in engine.adapter.model.modules()) == pack
-            return serve_bench.engine_flops_per_answer(engine, convs)
+            return compute_limit.answer_flops(engine, convs, serve_bench.SETTINGS)
         finally:
             engine.close()
 
     plain = flops(False)
-    assert plain > 0 and flops(True) == plain
+    assert plain["encode"] > 0 and plain["step"] > 0 and flops(True) == plain
+
+
+def test_the_compute_limit_s_products_run_on_every_core_at_once():
+    """Each timing starts all the workers together: work that only ends once every worker is in it
+    at the same moment finishes (one after another it would wait for ever)."""
+    barrier = threading.Barrier(3)
+    seen: list[int] = []
+
+    def work(i: int) -> None:
+        barrier.wait(timeout=10)
+        seen.append(i)
+
+    assert compute_limit.side_by_side(work, workers=3, repeats=2) > 0
+    assert sorted(seen) == [0, 0, 1, 1, 2, 2]
+
+
+def test_the_model_s_calls_alone_are_counted_and_answer_for_every_row(tiny_checkpoint, shapes_image):
+    """The calls timed beside the limit: B images encoded and B first-turn prompts prefilled, each
+    row's logits out, their FLOPs in proportion to the rows (the count is taken before tracing)."""
+    adapter = load_model(tiny_checkpoint, device="cpu", dtype="float32")
+    calls = compute_limit.forward_calls(adapter, [shapes_image] * 4, sizes=(2, 4), prompt_tokens=5)
+    assert set(calls) == {"encode 2", "encode 4", "prefill 2x5", "prefill 4x5"}
+    assert calls["encode 4"][1] == 2 * calls["encode 2"][1] > 0
+    assert calls["prefill 4x5"][1] == 2 * calls["prefill 2x5"][1] > 0
+    logits, _, weights = calls["prefill 4x5"][0]()
+    assert logits.shape[:2] == (4, 1) and weights is not None and weights.shape[:2] == (4, 1)
+    assert len(calls["encode 4"][0]()) == 4
+    rates = compute_limit.forwards_alone(calls, repeats=1)
+    assert set(rates) == set(calls) and all(rate > 0 for rate in rates.values())
+
+
+def test_the_ceiling_takes_each_part_of_an_answer_at_its_fastest_rate_alone():
+    """100 FLOPs of encode at the faster encode's 20 FLOP/s (5 s) and 100 of forwards at the prefill's
+    5 (20 s): 200 FLOPs in 25 s."""
+    rates = {"encode 16": 10.0, "encode 32": 20.0, "prefill 16x13": 5.0}
+    assert compute_limit.ceiling({"encode": 100.0, "step": 100.0}, rates) == pytest.approx(8.0)
+    assert compute_limit.ceiling({"encode": 0.0, "step": 100.0}, rates) == pytest.approx(5.0)

@@ -129,7 +129,10 @@ class MMChatAdapter(FamilyAdapter):
         heat-map records, took 63 µs a layer for one row against 19 µs in fp32 (oneDNN's bf16
         batched matmuls cost about 50 µs however small), and the two were even at 16 rows. It costs
         0.6 MB more per image. A GPU keeps the weights' precision."""
-        pixel_values = self.processor(images=images)["pixel_values"].to(self.device)
+        return self.encode_pixels(self.processor(images=images)["pixel_values"].to(self.device))
+
+    def encode_pixels(self, pixel_values: torch.Tensor) -> list[CrossAttentionCache]:
+        """`encode_images` from the image processor's output: (B, 3, H, W) -> one state per image."""
         dtype = torch.float32 if self.device.type == "cpu" else None
 
         def own(t: torch.Tensor) -> torch.Tensor:
