@@ -131,12 +131,13 @@ def answer_flops(
 
 def forward_calls(
     adapter: FamilyAdapter, images: list[Image.Image], sizes: tuple[int, ...] = (16, 32, 64), prompt_tokens: int = 13
-) -> dict[str, tuple[Callable[[], Any], int]]:
-    """name -> (a call of the model, its FLOPs): the encode of B of `images` (from their pixel values:
-    the image processor's 1 ms an image is not the model's) and a first turn's prefill of B rows
-    of `prompt_tokens` over their images, recording the heat-map as the engine's do, for each B in
-    `sizes`. mmchat's adapter. Counted here, eagerly: build these before `trace`, time them after."""
-    calls: dict[str, tuple[Callable[[], Any], int]] = {}
+) -> dict[str, Callable[[], Any]]:
+    """name -> a call of the model: the encode of B of `images` (from their pixel values: the image
+    processor's 1 ms an image is not the model's) and a first turn's prefill of B rows of
+    `prompt_tokens` over their images, recording the heat-map as the engine's do, for each B in
+    `sizes`. mmchat's adapter. The calls hold their inputs (about 100 MB for 64 rows): build them
+    when they are timed, not for the whole run, whose peak memory is measured."""
+    calls: dict[str, Callable[[], Any]] = {}
     pixels = adapter.processor(images=images[: max(sizes)])["pixel_values"].to(adapter.device)
     states = adapter.encode_pixels(pixels)
     for B in sizes:
@@ -144,29 +145,35 @@ def forward_calls(
         def encode(pixels: torch.Tensor = pixels[:B]) -> Any:
             return adapter.encode_pixels(pixels)
 
-        calls[f"encode {B}"] = (encode, counted(encode)[1])
         # The B rows' image states joined as the scheduler's slots join them (`kv.image_tensors`).
         joined = image_state(type(states[0]), sorted(states[0].key_values), [torch.cat(ts) for ts in zip(*map(image_tensors, states[:B]))])
-        ids = torch.randint(2, 20, (B, prompt_tokens), generator=torch.Generator().manual_seed(B), device="cpu").to(adapter.device)
+        ids = torch.randint(2, 20, (B, prompt_tokens), generator=torch.Generator().manual_seed(B)).to(adapter.device)
         mask = torch.ones_like(ids)
         pos = torch.arange(prompt_tokens, device=adapter.device)[None].expand(B, -1).contiguous()
 
         def prefill(ids: torch.Tensor = ids, mask: torch.Tensor = mask, pos: torch.Tensor = pos, joined: Any = joined) -> Any:
             return adapter.step(ids, mask, pos, None, joined, True, 1)
 
-        calls[f"prefill {B}x{prompt_tokens}"] = (prefill, counted(prefill)[1])
+        calls[f"encode {B}"], calls[f"prefill {B}x{prompt_tokens}"] = encode, prefill
     return calls
 
 
-def forwards_alone(calls: dict[str, tuple[Callable[[], Any], int]], device: str = "cpu", repeats: int = 5) -> dict[str, float]:
-    """name -> FLOP/s of each of `calls` (`forward_calls`) run side by side on the whole device, a
-    call per core (the best of `repeats`, after one unmeasured)."""
+def count_flops(calls: dict[str, Callable[[], Any]]) -> dict[str, int]:
+    """name -> the FLOPs of each of `calls` (`forward_calls`), run once eagerly: count before `trace`."""
+    return {name: counted(call)[1] for name, call in calls.items()}
+
+
+def forwards_alone(
+    calls: dict[str, Callable[[], Any]], flops: dict[str, int], device: str = "cpu", repeats: int = 5
+) -> dict[str, float]:
+    """name -> FLOP/s of each of `calls` (`forward_calls`; their `flops`, counted before tracing) run
+    side by side on the whole device, a call per core (the best of `repeats`, after one unmeasured)."""
     workers = cores_side_by_side(device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     rates = {}
-    for name, (call, flops) in calls.items():
+    for name, call in calls.items():
         call()
-        rates[name] = workers * flops / side_by_side(lambda i, call=call: call(), workers, repeats, sync)
+        rates[name] = workers * flops[name] / side_by_side(lambda i, call=call: call(), workers, repeats, sync)
     return rates
 
 

@@ -46,7 +46,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from compute_limit import answer_flops, ceiling, forward_calls, forwards_alone, matmul_flops_per_s  # noqa: E402
+from compute_limit import answer_flops, ceiling, count_flops, forward_calls, forwards_alone, matmul_flops_per_s  # noqa: E402
 
 from mmchat.data.shapes import render_scene, sample_question, sample_scene  # noqa: E402
 from mmchat.serving.engine import ChatEngine, GenerationSettings, check_request  # noqa: E402
@@ -614,9 +614,10 @@ def main(argv: list[str] | None = None) -> int:
     engine = ChatEngine(adapter, max_batch=max(args.users), draft_tokens=args.draft_tokens, lanes=args.lanes or None)
     # Counted before tracing: torch's FlopCounterMode does not see inside a traced graph.
     flops = answer_flops(engine, conversations(2, args.turns, seed=99), SETTINGS) if adapter.batched else None
-    # The model's own calls, to time alone beside the compute limit (`compute_limit.forwards_alone`).
+    # The model's own calls, timed alone beside the compute limit at the end (`compute_limit.forwards_alone`).
     sizes = tuple(b for b in (16, 32, 64) if b <= max(args.users)) or (max(args.users),)
-    calls = forward_calls(adapter, [image for image, _ in conversations(max(sizes), 1, seed=98)], sizes) if args.family == "mmchat" else {}
+    alone_images = [image for image, _ in conversations(max(sizes), 1, seed=98)] if args.family == "mmchat" else []
+    call_flops = count_flops(forward_calls(adapter, alone_images, sizes)) if alone_images else {}
     if not args.eager:
         # As the app does at start-up (there beside its first users), here before any row is measured;
         # with the unrecorded forwards too, which the heat-map's cost below answers with.
@@ -691,12 +692,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # The limit and the model's calls alone, in turns (the CPU's matrix units' rate moved 10x within a
     # day on this shared host: 80-1,200 GFLOP/s a core), each figure the median of its rounds.
+    calls = forward_calls(adapter, alone_images, sizes) if alone_images else {}
     limits, alone = [], []
     for _ in range(3):
         limits.append(matmul_flops_per_s(args.device, adapter.model.dtype))
-        alone.append(forwards_alone(calls, args.device))
+        alone.append(forwards_alone(calls, call_flops, args.device))
+    del calls
     peak = statistics.median(limits)
-    rates = {name: statistics.median(r[name] for r in alone) for name in calls}
+    rates = {name: statistics.median(r[name] for r in alone) for name in call_flops}
     one_core = matmul_flops_per_s(args.device, adapter.model.dtype, workers=1) if args.device == "cpu" else None
     engine.close()
 

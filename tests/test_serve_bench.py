@@ -125,16 +125,17 @@ def test_the_compute_limit_s_products_run_on_every_core_at_once():
 
 def test_the_model_s_calls_alone_are_counted_and_answer_for_every_row(tiny_checkpoint, shapes_image):
     """The calls timed beside the limit: B images encoded and B first-turn prompts prefilled, each
-    row's logits out, their FLOPs in proportion to the rows (the count is taken before tracing)."""
+    row's logits and map out, their FLOPs in proportion to the rows (counted before tracing)."""
     adapter = load_model(tiny_checkpoint, device="cpu", dtype="float32")
     calls = compute_limit.forward_calls(adapter, [shapes_image] * 4, sizes=(2, 4), prompt_tokens=5)
     assert set(calls) == {"encode 2", "encode 4", "prefill 2x5", "prefill 4x5"}
-    assert calls["encode 4"][1] == 2 * calls["encode 2"][1] > 0
-    assert calls["prefill 4x5"][1] == 2 * calls["prefill 2x5"][1] > 0
-    logits, _, weights = calls["prefill 4x5"][0]()
+    flops = compute_limit.count_flops(calls)
+    assert flops["encode 4"] == 2 * flops["encode 2"] > 0
+    assert flops["prefill 4x5"] == 2 * flops["prefill 2x5"] > 0
+    logits, _, weights = calls["prefill 4x5"]()
     assert logits.shape[:2] == (4, 1) and weights is not None and weights.shape[:2] == (4, 1)
-    assert len(calls["encode 4"][0]()) == 4
-    rates = compute_limit.forwards_alone(calls, repeats=1)
+    assert len(calls["encode 4"]()) == 4
+    rates = compute_limit.forwards_alone(calls, flops, repeats=1)
     assert set(rates) == set(calls) and all(rate > 0 for rate in rates.values())
 
 
