@@ -70,7 +70,8 @@ def matmul_flops_per_s(
         for _ in range(inner):
             a @ b
 
-    work(0)
+    for a, b in pairs:  # each worker's product warm, as before the move
+        a @ b
     return workers * inner * 2 * n**3 / side_by_side(work, workers, repeats, sync)
 
 
